@@ -1,0 +1,77 @@
+"""Data parallelism over local devices with `jax.pmap`, in one place.
+
+A step function is written once for one device and takes `axis_name`: None on one device, or the
+pmap axis. Inside it, `pmean` averages gradients and metrics over the devices, and `draw` makes
+every random draw for the global batch and keeps this device's slice, so a step on N devices
+computes what the same step computes on one device with the whole batch (up to float rounding).
+BatchNorm layers take the same `axis_name` to average their statistics over the devices.
+
+Layout: a global batch (B, ...) is split as (devices, B / devices, ...); device d holds examples
+d * B/devices ... (d + 1) * B/devices - 1, the same slice `draw` keeps.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+AXIS = "devices"
+
+
+def select_devices(num_devices: int) -> list:
+  """The first `num_devices` local devices (0 means all), or a one-line error."""
+  available = jax.local_devices()
+  if num_devices < 0 or num_devices > len(available):
+    raise ValueError(f"--num_devices={num_devices} but this machine has {len(available)} "
+                     f"{available[0].platform} device(s); use 0 for all or a number up to "
+                     f"{len(available)}")
+  return available[:num_devices or len(available)]
+
+
+def check_split(batch_size: int, num_devices: int) -> int:
+  """Per-device batch size, or a one-line error when the batch does not divide evenly."""
+  if batch_size % num_devices:
+    raise ValueError(f"--batch_size={batch_size} does not split evenly over {num_devices} "
+                     f"devices; use a multiple of {num_devices}")
+  return batch_size // num_devices
+
+
+def axis_size(axis_name) -> int:
+  return 1 if axis_name is None else lax.axis_size(axis_name)
+
+
+def pmean(tree, axis_name):
+  return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def draw(sample: Callable, key: jax.Array, local_shape: Sequence[int], axis_name, **kwargs):
+  """`sample(key, shape)` for the global batch, then this device's slice of its leading axis."""
+  n = axis_size(axis_name)
+  local = local_shape[0]
+  full = sample(key, (local * n, *local_shape[1:]), **kwargs)
+  if axis_name is None:
+    return full
+  return lax.dynamic_slice_in_dim(full, lax.axis_index(axis_name) * local, local, axis=0)
+
+
+def shard(batch: np.ndarray, num_devices: int, axis: int = 0) -> np.ndarray:
+  """Split axis `axis` of a host batch over the devices: the device axis goes in front."""
+  shape = batch.shape
+  split = batch.reshape(*shape[:axis], num_devices, shape[axis] // num_devices, *shape[axis + 1:])
+  return np.moveaxis(split, axis, 0)
+
+
+def replicate(tree, devices: Sequence):
+  """One copy of every leaf per device, laid out as pmap expects."""
+  n = len(devices)
+  sharding = jax.sharding.PmapSharding.default
+  return jax.tree.map(
+      lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
+                               sharding((n, *jnp.shape(x)), 0, devices)), tree)
+
+
+def unreplicate(tree):
+  """The first device's copy of a replicated tree."""
+  return jax.tree.map(lambda x: x[0], tree)
