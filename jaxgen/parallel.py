@@ -63,13 +63,19 @@ def shard(batch: np.ndarray, num_devices: int, axis: int = 0) -> np.ndarray:
   return np.moveaxis(split, axis, 0)
 
 
+def put_sharded(tree, devices: Sequence):
+  """Places arrays whose leading axis is the device axis the way pmap lays out its outputs, so
+  pmap takes them without another copy."""
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.asarray(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.device_put(tree, sharding)
+
+
 def replicate(tree, devices: Sequence):
   """One copy of every leaf per device, laid out as pmap expects."""
   n = len(devices)
-  sharding = jax.sharding.PmapSharding.default
-  return jax.tree.map(
-      lambda x: jax.device_put(jnp.broadcast_to(x, (n, *jnp.shape(x))),
-                               sharding((n, *jnp.shape(x)), 0, devices)), tree)
+  return put_sharded(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree),
+                     devices)
 
 
 def unreplicate(tree):

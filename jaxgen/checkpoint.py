@@ -1,0 +1,54 @@
+"""Checkpoints of a whole training state with orbax-checkpoint.
+
+Orbax writes each checkpoint into a temporary folder and renames it only when complete, so a
+process killed during a save leaves the previous checkpoint as the latest restorable one.
+Nothing non-finite is ever written: `save` checks the state first.
+"""
+
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def is_finite(tree) -> bool:
+  """True when every floating-point leaf of `tree` is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+  return bool(jax.jit(lambda xs: jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs])))(leaves))
+
+
+class Checkpoints:
+  """The checkpoints of one run, in `directory`, keeping the newest `keep`."""
+
+  def __init__(self, directory: str, keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    """Saves `state` (a pytree of arrays) and `meta` (JSON: data position and the like)."""
+    if not is_finite(state):
+      raise FloatingPointError(
+          f"training state became non-finite by step {step}; not saving it. The last good "
+          f"checkpoint in {self.directory} is kept: lower --learning_rate and resume from it")
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, like, step: Optional[int] = None):
+    """(state, meta) of checkpoint `step` (default: the latest); `like` gives the tree's shape."""
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored.state, restored.meta
+
+  def close(self) -> None:
+    """Waits for saves in flight to finish."""
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,32 @@
+"""Command-line flags generated from an experiment's frozen settings dataclass.
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+      batch_size: int = setting(64, "images per batch")
+
+`define_flags(Config)` defines --batch_size; `from_flags(Config)` builds the dataclass from the
+parsed flags, so the dataclass's own checks (`__post_init__`) judge command-line input and tests
+alike.
+"""
+
+import dataclasses
+
+from absl import flags
+
+_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+           bool: flags.DEFINE_bool}
+
+
+def setting(default, help: str):
+  """A dataclass field with a default and the help text of its flag."""
+  return dataclasses.field(default=default, metadata={"help": help})
+
+
+def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
+  for field in dataclasses.fields(config_cls):
+    _DEFINE[field.type](field.name, field.default, field.metadata.get("help", field.name),
+                        flag_values=flag_values)
+
+
+def from_flags(config_cls, flag_values=flags.FLAGS):
+  return config_cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_cls)})

@@ -1,0 +1,117 @@
+"""What a run shows a person: metrics.jsonl, a progress line, PNG sample grids and loss plots."""
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def write_json(path: str, obj) -> None:
+  """Writes JSON atomically (a reader never sees half a file)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+class MetricsLog:
+  """Appends one JSON object per logged step to `path`; floats keep full precision."""
+
+  def __init__(self, path: str, resume_step: int = 0):
+    self.path = path
+    if resume_step and os.path.exists(path):
+      # Drop lines from beyond the checkpoint being resumed: they will be logged again.
+      with open(path) as f:
+        rows = [line for line in f if json.loads(line)["step"] <= resume_step]
+      with open(path, "w") as f:
+        f.writelines(rows)
+    elif not resume_step:
+      open(path, "w").close()
+
+  def write(self, step: int, metrics: dict) -> None:
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(path: str) -> list:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A one-line progress bar on stderr: step, steps/s and the latest losses."""
+
+  def __init__(self, total: int, start: int = 0, stream=sys.stderr):
+    self.total, self.stream = total, stream
+    self.tty = stream.isatty()
+    self._last_step, self._last_time = start, time.perf_counter()
+    self.steps_per_s = float("nan")
+
+  def update(self, step: int, metrics: dict) -> None:
+    now = time.perf_counter()
+    if step > self._last_step:
+      self.steps_per_s = (step - self._last_step) / (now - self._last_time)
+    self._last_step, self._last_time = step, now
+    done = int(30 * step / max(self.total, 1))
+    values = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+    line = (f"[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} "
+            f"{self.steps_per_s:.2f} steps/s {values}")
+    self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+    self.stream.flush()
+
+  def close(self) -> None:
+    if self.tty:
+      self.stream.write("\n")
+
+
+def sample_grid(images: np.ndarray, columns: int = 0, pad: int = 1) -> np.ndarray:
+  """Tiles images (N, H, W, C) with values in [0, 1] into one uint8 picture (rows, cols, C).
+
+  Single-channel images give a (rows, cols) greyscale picture; `columns` defaults to a square.
+  """
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  columns = columns or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / columns)
+  grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
+  for i in range(n):
+    r, col = divmod(i, columns)
+    y, x = pad + r * (h + pad), pad + col * (w + pad)
+    grid[y:y + h, x:x + w] = images[i]
+  grid = (grid * 255.0 + 0.5).astype(np.uint8)
+  return grid[..., 0] if c == 1 else grid
+
+
+def save_png(path: str, picture: np.ndarray, scale: int = 1) -> None:
+  """Writes a uint8 picture; `scale` enlarges small images with nearest-neighbour pixels."""
+  if scale > 1:
+    picture = np.repeat(np.repeat(picture, scale, axis=0), scale, axis=1)
+  Image.fromarray(picture).save(path)
+
+
+def plot_curves(rows: list, keys: list, path: str, title: str = "") -> None:
+  """One panel per metric against the step, from metrics.jsonl rows, saved as a PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  keys = [k for k in keys if any(k in r for r in rows)]
+  fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+  for ax, key in zip(axes[0], keys):
+    steps = [r["step"] for r in rows if key in r]
+    ax.plot(steps, [r[key] for r in rows if key in r], lw=1.2)
+    ax.set_title(key, fontsize=9)
+    ax.set_xlabel("generator step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

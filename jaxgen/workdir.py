@@ -1,0 +1,41 @@
+"""A run's work directory: its config.json, and the guard that keeps one run per directory."""
+
+import dataclasses
+import json
+import os
+
+from jaxgen.report import write_json
+
+# Settings that may differ when a run is resumed: they change how long it runs and what it
+# writes, not what it computes.
+RESUMABLE = ("steps", "workdir", "num_devices", "log_every", "sample_every", "checkpoint_every",
+             "keep_checkpoints", "data_dir")
+
+
+def prepare(config, model: str) -> dict:
+  """Creates the work directory and writes config.json; a one-line error (and nothing written)
+  when the directory holds another model's run or one with settings that differ."""
+  settings = {"model": model, **dataclasses.asdict(config)}
+  os.makedirs(config.workdir, exist_ok=True)
+  path = os.path.join(config.workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    differ = [k for k in sorted(set(saved) | set(settings))
+              if k not in RESUMABLE and saved.get(k) != settings.get(k)]
+    if differ:
+      k = differ[0]
+      raise ValueError(
+          f"--workdir={config.workdir} holds a run with {k}={saved.get(k)!r}, not "
+          f"{settings.get(k)!r}; pass the same settings to resume it or choose a new --workdir")
+  write_json(path, settings)
+  return settings
+
+
+def load_config(workdir: str) -> dict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no config.json in --workdir={workdir}; point it at a training run's "
+                            f"work directory")
+  with open(path) as f:
+    return json.load(f)
