@@ -73,7 +73,7 @@ def setup(config: Config):
   source = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
                      seed=config.seed, blob_width=config.blob_width,
                      blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None)
-  workdir.prepare(config, "wgan_gp")
+  workdir.prepare(config, "wgan_gp", source)
   return devices, source
 
 

@@ -12,10 +12,13 @@ RESUMABLE = ("steps", "workdir", "num_devices", "log_every", "sample_every", "ch
              "keep_checkpoints", "data_dir")
 
 
-def prepare(config, model: str) -> dict:
-  """Creates the work directory and writes config.json; a one-line error (and nothing written)
-  when the directory holds another model's run or one with settings that differ."""
-  settings = {"model": model, **dataclasses.asdict(config)}
+def prepare(config, model: str, source) -> dict:
+  """Creates the work directory and writes config.json (the settings, the model's name and the
+  data's image shape and pixel range, which sampling needs); a one-line error, and nothing
+  written, when the directory holds another model's run or one with settings that differ."""
+  settings = {"model": model, **dataclasses.asdict(config),
+              "image_shape": list(source.image_shape),
+              "pixel_range": [float(v) for v in source.pixel_range]}
   os.makedirs(config.workdir, exist_ok=True)
   path = os.path.join(config.workdir, "config.json")
   if os.path.exists(path):

@@ -1,0 +1,193 @@
+"""WGAN-GP: network shapes, the penalty against closed forms, and the training step."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import dcgan, gan, parallel, wgan_gp
+
+
+def _kernel_shapes(params):
+  return [v["kernel"].shape for _, v in sorted(params.items(), key=lambda kv: int(kv[0].split("_")[-1]))
+          if "kernel" in v]
+
+
+def test_dcgan64_layers_are_the_paper_ones():
+  g = dcgan.Generator(64, 3, 64, 100)
+  d = dcgan.Critic(64, 64)
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((2, 100)), train=False))
+  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((2, 64, 64, 3))))
+  # ConvTranspose kernels are stored (k, k, out, in); Conv kernels (k, k, in, out).
+  assert _kernel_shapes(g_vars["params"]) == [
+      (4, 4, 512, 100), (4, 4, 256, 512), (4, 4, 128, 256), (4, 4, 64, 128), (4, 4, 3, 64)]
+  assert _kernel_shapes(d_vars["params"]) == [
+      (4, 4, 3, 64), (4, 4, 64, 128), (4, 4, 128, 256), (4, 4, 256, 512), (4, 4, 512, 1)]
+  assert "bias" not in g_vars["params"]["ConvTranspose_0"]
+  assert len(g_vars["batch_stats"]) == 4
+
+
+@pytest.mark.parametrize("size, channels", [(8, 1), (16, 3), (32, 1)])
+def test_module_shapes(size, channels):
+  g = dcgan.Generator(size, channels, 4, 6)
+  d = dcgan.Critic(size, 4)
+  z = jnp.ones((3, 6))
+  g_vars = g.init(jax.random.PRNGKey(0), z, train=False)
+  images = g.apply(g_vars, z, train=False)
+  chex.assert_shape(images, (3, size, size, channels))
+  assert float(jnp.abs(images).max()) <= 1.0
+  d_vars = d.init(jax.random.PRNGKey(1), images)
+  chex.assert_shape(d.apply(d_vars, images), (3,))
+
+
+def test_bad_image_size_is_a_clear_error():
+  with pytest.raises(ValueError, match="power of two"):
+    dcgan.num_upsamplings(48)
+
+
+def test_penalty_of_a_linear_critic_is_its_closed_form():
+  # D(x) = <a, x> + b has gradient a everywhere: penalty (||a|| - 1)^2 for every x_hat.
+  a = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 2))
+  x_hat = jax.random.normal(jax.random.PRNGKey(1), (5, 4, 4, 2))
+  critic_fn = lambda x: jnp.sum(x * a[None], axis=(1, 2, 3)) + 3.0
+  penalty, norms = wgan_gp.gradient_penalty(critic_fn, x_hat)
+  norm_a = float(jnp.sqrt(jnp.sum(a ** 2)))
+  np.testing.assert_allclose(norms, norm_a, rtol=1e-6)
+  np.testing.assert_allclose(penalty, (norm_a - 1.0) ** 2, rtol=1e-5)
+
+
+def test_penalty_is_per_example():
+  # D(x) = ||x||^2 / 2 has gradient x: each example's own norm enters the mean.
+  x_hat = jax.random.normal(jax.random.PRNGKey(2), (6, 3, 3, 1))
+  penalty, norms = wgan_gp.gradient_penalty(lambda x: 0.5 * jnp.sum(x ** 2, axis=(1, 2, 3)),
+                                            x_hat)
+  expected = np.linalg.norm(np.asarray(x_hat).reshape(6, -1), axis=1)
+  np.testing.assert_allclose(norms, expected, rtol=1e-6)
+  np.testing.assert_allclose(penalty, np.mean((expected - 1) ** 2), rtol=1e-5)
+
+
+def test_penalty_gradient_is_finite_where_the_input_gradient_is_zero():
+  x_hat = jnp.ones((2, 4, 4, 1))
+  def penalty_of(scale, norm):
+    critic_fn = lambda x: scale * jnp.sum(x, axis=(1, 2, 3))
+    grads = jax.grad(lambda x: jnp.sum(critic_fn(x)))(x_hat)
+    return jnp.mean((norm(grads.reshape(2, -1)) - 1.0) ** 2)
+  safe = jax.grad(penalty_of)(0.0, lambda g: wgan_gp.safe_norm(g, axis=1))
+  naive = jax.grad(penalty_of)(0.0, lambda g: jnp.linalg.norm(g, axis=1))
+  assert np.isfinite(safe) and safe == 0.0
+  assert np.isnan(naive)  # what the safe norm exists to avoid
+  # Away from zero the safe norm is the norm, and so is its gradient.
+  g = jnp.array([[3.0, 4.0]])
+  np.testing.assert_allclose(wgan_gp.safe_norm(g, axis=1), [5.0])
+  np.testing.assert_allclose(jax.grad(lambda g: wgan_gp.safe_norm(g, axis=1)[0])(g),
+                             [[0.6, 0.8]], rtol=1e-6)
+
+
+SIZE, CHANNELS, LATENT, WIDTH, N_CRITIC, BATCH = 8, 1, 4, 4, 2, 4
+
+
+def _setup(seed=0, axis_name=None):
+  generator = dcgan.Generator(SIZE, CHANNELS, WIDTH, LATENT, axis_name=axis_name)
+  critic = dcgan.Critic(SIZE, WIDTH)
+  optimizer = wgan_gp.optimizer(1e-3)
+  state = gan.init_state(jax.random.PRNGKey(seed), generator=generator, discriminator=critic,
+                         optimizer=optimizer, image_shape=(SIZE, SIZE, CHANNELS))
+  step = functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
+                           optimizer=optimizer, gp_weight=10.0, axis_name=axis_name)
+  return state, step
+
+
+def _real(seed=0):
+  return jax.random.uniform(jax.random.PRNGKey(100 + seed), (3, N_CRITIC, BATCH, SIZE, SIZE,
+                                                             CHANNELS), minval=-1, maxval=1)
+
+
+def _train(seed, steps=3):
+  state, step = _setup(seed)
+  step = jax.jit(step)
+  real = _real()
+  for i in range(steps):
+    state, metrics = step(state, real[i], jax.random.PRNGKey(seed))
+  return state, metrics
+
+
+def test_step_traces_once_and_updates_everything():
+  state, step_fn = _setup()
+  def traced(state, real, key):  # chex counts traces of a plain function
+    return step_fn(state, real, key)
+  step = jax.jit(chex.assert_max_traces(traced, n=1), donate_argnums=0)
+  real = _real()
+  before = jax.tree.map(np.array, state)
+  for i in range(3):
+    state, metrics = step(state, real[i], jax.random.PRNGKey(0))
+  assert int(state.step) == 3
+  for name in ("g_params", "d_params", "g_batch_stats"):
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), getattr(before, name),
+                           getattr(state, name))
+    if name == "d_params":
+      # D(fake) - D(real) and the penalty are blind to a constant added to the critic, so the
+      # output bias gets an exactly zero gradient and never moves; everything else trains.
+      assert not changed["Conv_1"].pop("bias")
+    assert all(jax.tree.leaves(changed)), name
+  assert set(metrics) == {"critic_loss", "generator_loss", "gradient_penalty", "wasserstein",
+                          "grad_norm"}
+  chex.assert_tree_all_finite(metrics)
+  # The logged critic loss is the loss's own definition.
+  np.testing.assert_allclose(metrics["critic_loss"],
+                             -metrics["wasserstein"] + 10.0 * metrics["gradient_penalty"],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_parameters_other_seed_not():
+  a, _ = _train(0)
+  b, _ = _train(0)
+  c, _ = _train(1)
+  chex.assert_trees_all_equal(a, b)
+  assert not np.array_equal(a.g_params["ConvTranspose_0"]["kernel"],
+                            c.g_params["ConvTranspose_0"]["kernel"])
+
+
+def test_two_devices_equal_one_device():
+  devices = jax.local_devices()
+  assert len(devices) == 2, "conftest emulates 2 CPU devices"
+  real = _real()
+  key = jax.random.PRNGKey(7)
+  results = []
+  for n in (1, 2):
+    state, step = _setup(axis_name=parallel.AXIS)
+    step = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None), devices=devices[:n])
+    replicated = parallel.replicate(state, devices[:n])
+    for i in range(2):
+      batch = parallel.shard(np.asarray(real[i]), n, axis=1)
+      replicated, metrics = step(replicated, batch, key)
+    results.append((parallel.unreplicate(replicated), parallel.unreplicate(metrics)))
+  (one, m1), (two, m2) = results
+  chex.assert_trees_all_close(one, two, rtol=2e-4, atol=2e-5)
+  chex.assert_trees_all_close(m1, m2, rtol=2e-4, atol=2e-5)
+  # Both devices of the 2-device run hold the same state (gradients were averaged).
+  assert np.array_equal(replicated.d_params["Conv_0"]["kernel"][0],
+                        replicated.d_params["Conv_0"]["kernel"][1])
+
+
+def test_one_device_pmap_equals_plain_jit():
+  state, step = _setup(axis_name=parallel.AXIS)
+  plain_state, plain_step = _setup()
+  real = _real()
+  key = jax.random.PRNGKey(3)
+  device = jax.local_devices()[:1]
+  replicated = parallel.replicate(state, device)
+  replicated, _ = jax.pmap(step, axis_name=parallel.AXIS, in_axes=(0, 0, None),
+                           devices=device)(replicated, real[0][None], key)
+  plain_state, _ = jax.jit(plain_step)(plain_state, real[0], key)
+  chex.assert_trees_all_close(parallel.unreplicate(replicated), plain_state, rtol=1e-5,
+                              atol=1e-6)
+
+
+def test_batch_that_does_not_split_is_a_clear_error():
+  with pytest.raises(ValueError, match="multiple of 2"):
+    parallel.check_split(63, 2)
+  with pytest.raises(ValueError, match="num_devices=5"):
+    parallel.select_devices(5)
