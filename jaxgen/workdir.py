@@ -24,8 +24,9 @@ def prepare(config, model: str, source) -> dict:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    differ = [k for k in sorted(set(saved) | set(settings))
-              if k not in RESUMABLE and saved.get(k) != settings.get(k)]
+    # The user's own settings first, in flag order, then what is derived from them.
+    keys = list(settings) + [k for k in saved if k not in settings]
+    differ = [k for k in keys if k not in RESUMABLE and saved.get(k) != settings.get(k)]
     if differ:
       k = differ[0]
       raise ValueError(
