@@ -177,3 +177,17 @@ def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
   assert lines == ["error: --batch_size=63 does not split evenly over 2 devices; use a "
                    "multiple of 2"]
   assert not run.exists()
+
+
+def test_the_command_line_trains(tmp_path):
+  run = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.wgan_gp", "--steps=2", "--image_size=8", "--width=4",
+       "--batch_size=4", "--n_critic=1", "--log_every=1", "--latent_dim=2",
+       f"--workdir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2]
+  saved = json.load(open(run / "config.json"))
+  assert (saved["n_critic"], saved["latent_dim"], saved["dataset"]) == (1, 2, "blobs1")
+  assert "2/2" in result.stderr  # the progress line
