@@ -35,12 +35,17 @@ def from_model_range(x: np.ndarray, pixel_range) -> np.ndarray:
 
 
 def dataset_names() -> list:
-  return sorted(BLOB_DATASETS)
+  from jaxgen import image_datasets  # here, so that blob runs never import TFDS
+  return sorted(BLOB_DATASETS) + image_datasets.dataset_names()
 
 
 def check_name(dataset: str) -> None:
   """A one-line error for a dataset name jaxgen does not know, naming the closest valid one."""
   if dataset in BLOB_DATASETS:
+    return
+  from jaxgen import image_datasets
+  if image_datasets.is_image_dataset(dataset):
+    image_datasets.check_name(dataset)  # a user path that is not there
     return
   names = dataset_names()
   close = difflib.get_close_matches(dataset, names, n=1, cutoff=0.0)
@@ -68,6 +73,10 @@ def load(dataset: str, *, image_size: int, batch_size: int, seed: int,
          blob_width=1.5, blob_amplitude=1.0, data_dir: Optional[str] = None):
   """The batch source named `dataset` (see `dataset_names()`)."""
   check_name(dataset)
+  if dataset not in BLOB_DATASETS:
+    from jaxgen import image_datasets
+    return image_datasets.load_source(dataset, image_size=image_size, batch_size=batch_size,
+                                      seed=seed, data_dir=data_dir)
   spec = BlobSpec(image_size, BLOB_DATASETS[dataset], blob_width, blob_amplitude)
   return BlobSource(spec, batch_size, seed)
 

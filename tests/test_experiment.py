@@ -167,6 +167,16 @@ def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
     tiny(tmp_path / "run", **overrides)
 
 
+def test_automatic_settings_follow_the_dataset(tmp_path):
+  blobs = wgan_gp.Config(workdir=str(tmp_path))
+  assert (blobs.size, blobs.net_width, blobs.latent) == (32, 32, 32)
+  assert wgan_gp.Config(dataset="blobs10").latent == 64
+  faces = wgan_gp.Config(dataset="celeba")
+  assert (faces.size, faces.net_width, faces.latent) == (64, 64, 100)
+  digits = wgan_gp.Config(dataset="mnist", width=16, latent_dim=8)
+  assert (digits.size, digits.net_width, digits.latent) == (32, 16, 8)
+
+
 def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
   run = tmp_path / "run"
   result = subprocess.run(
