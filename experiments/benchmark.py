@@ -1,0 +1,126 @@
+"""Speed of jaxgen's training steps and data, one JSON line per run.
+
+    python -m experiments.benchmark --case=wgan_gp_32 --batch=64
+    python -m experiments.benchmark --case=wgan_gp_64 --batch=64 --steps=5
+    python -m experiments.benchmark --case=blobs --batch=256
+
+images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step. The
+WGAN-GP cases use the architectures and optimizer of ../shared/bench/torch_ref.py (DCGAN width 64,
+latent 100, Adam(1e-4, 0, 0.9), lambda 10) on random data already on the device, so the figure
+is the training step alone; compare it side by side with that reference (README, Performance).
+foreign_cpu_s is CPU time other processes took during the timed region: a large value marks a
+contaminated measurement.
+"""
+
+import functools
+import json
+import os
+import resource
+import sys
+import time
+
+from absl import app, flags
+
+CASES = ("wgan_gp_32", "wgan_gp_64", "blobs")
+flags.DEFINE_enum("case", "wgan_gp_32", CASES, "what to measure")
+flags.DEFINE_integer("batch", 64, "batch size")
+flags.DEFINE_integer("steps", 10, "timed steps")
+flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
+flags.DEFINE_integer("num_blobs", 1, "blobs per image for --case=blobs")
+FLAGS = flags.FLAGS
+
+
+class CpuRegion:
+  """Wall time of a region, and the CPU seconds that other processes took meanwhile."""
+
+  @staticmethod
+  def _machine_busy_s():
+    try:
+      with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:8]]
+    except OSError:
+      return float("nan")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
+
+  @staticmethod
+  def _own_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+  def __enter__(self):
+    self.busy, self.own, self.t0 = self._machine_busy_s(), self._own_s(), time.perf_counter()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self.t0
+    own = self._own_s() - self.own
+    self.foreign = max(0.0, self._machine_busy_s() - self.busy - own)
+    return False
+
+
+def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
+  import jax
+  from jaxgen import dcgan, gan, wgan_gp
+
+  n_critic = 5
+  generator = dcgan.Generator(image_size, channels, 64, 100)
+  critic = dcgan.Critic(image_size, 64)
+  optimizer = wgan_gp.optimizer(1e-4)
+  state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
+                         optimizer=optimizer, image_shape=(image_size, image_size, channels))
+  real = jax.random.uniform(jax.random.PRNGKey(1), (n_critic, batch, image_size, image_size,
+                                                    channels), minval=-1.0, maxval=1.0)
+  key = jax.random.PRNGKey(2)
+  step = jax.jit(functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
+                                   optimizer=optimizer, gp_weight=10.0), donate_argnums=0)
+  t0 = time.perf_counter()
+  step = step.lower(state, real, key).compile()
+  compile_s = time.perf_counter() - t0
+  for _ in range(warmup):
+    state, metrics = step(state, real, key)
+  jax.block_until_ready(metrics)
+  with CpuRegion() as region:
+    for _ in range(steps):
+      state, metrics = step(state, real, key)
+    jax.block_until_ready(metrics)
+  return {"images_per_s": n_critic * batch * steps / region.wall,
+          "s_per_step": region.wall / steps, "compile_s": compile_s,
+          "foreign_cpu_s": region.foreign,
+          "critic_loss": float(metrics["critic_loss"])}
+
+
+def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
+  from jaxgen import data
+
+  source = data.load("blobs10" if num_blobs == 10 else "blobs1", image_size=32,
+                     batch_size=batch, seed=0)
+  source.batch(0)
+  with CpuRegion() as region:
+    for i in range(steps):
+      source.batch(i)
+  return {"images_per_s": batch * steps / region.wall, "compile_s": 0.0,
+          "foreign_cpu_s": region.foreign, "num_blobs": num_blobs}
+
+
+def main(argv):
+  del argv
+  import jax
+
+  case = FLAGS.case
+  if case == "wgan_gp_32":
+    result = wgan_gp_case(32, 1, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
+  elif case == "wgan_gp_64":
+    result = wgan_gp_case(64, 3, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
+  else:
+    result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
+  print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps,
+                    **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
+                    "backend": jax.default_backend(), "devices": jax.device_count(),
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "jax": jax.__version__}), flush=True)
+
+
+if __name__ == "__main__":
+  if any(a.startswith("--case=") and a[7:] not in CASES for a in sys.argv):
+    sys.exit(f"error: unknown --case; choose one of {', '.join(CASES)}")
+  app.run(main)
