@@ -3,6 +3,8 @@
     python -m experiments.benchmark --case=wgan_gp_32 --batch=64
     python -m experiments.benchmark --case=wgan_gp_64 --batch=64 --steps=5
     python -m experiments.benchmark --case=blobs --batch=256
+    python -m experiments.benchmark --case=loader_mnist --batch=64 --data_dir=DIR
+    python -m experiments.benchmark --case=wgan_gp_32 --convs=plain   # flax's own convolutions
 
 images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step. The
 WGAN-GP cases use the architectures and optimizer of ../shared/bench/torch_ref.py (DCGAN width 64,
@@ -21,12 +23,19 @@ import time
 
 from absl import app, flags
 
-CASES = ("wgan_gp_32", "wgan_gp_64", "blobs")
+LOADERS = ("mnist", "fashion_mnist", "cifar10", "celeba", "imagenette")
+CASES = ("wgan_gp_32", "wgan_gp_64", "blobs") + tuple(f"loader_{name}" for name in LOADERS)
 flags.DEFINE_enum("case", "wgan_gp_32", CASES, "what to measure")
 flags.DEFINE_integer("batch", 64, "batch size")
-flags.DEFINE_integer("steps", 10, "timed steps")
+flags.DEFINE_integer("steps", 10, "timed steps (loader cases time at least 200 batches)")
 flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 flags.DEFINE_integer("num_blobs", 1, "blobs per image for --case=blobs")
+flags.DEFINE_integer("width", 64, "network width of the WGAN-GP cases (the reference's is 64)")
+flags.DEFINE_integer("latent", 100, "latent size of the WGAN-GP cases (the reference's is 100)")
+flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
+                  "WGAN-GP convolutions: jaxgen's layers, or flax's own lax convolutions with "
+                  "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
+flags.DEFINE_string("data_dir", None, "data directory of the loader cases")
 FLAGS = flags.FLAGS
 
 
@@ -58,13 +67,39 @@ class CpuRegion:
     return False
 
 
+def use_plain_convolutions() -> None:
+  """Swaps flax's own convolutions (JAX's autodiff rules) into the DCGAN networks, and drops the
+  XLA:CPU setting jaxgen.layers makes, so the baseline is JAX written plainly."""
+  import flax.linen as nn
+  from jaxgen import dcgan, layers
+
+  os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "").replace(layers._CPU_FLAG, "").strip()
+
+  class PlainConv(layers._ConvLayer):
+    @nn.compact
+    def __call__(self, x):
+      k, p = self.kernel_size, self.padding
+      return nn.Conv(self.features, (k, k), self.strides, ((p, p), (p, p)), use_bias=self.use_bias,
+                     kernel_init=self.kernel_init, dtype=self.dtype)(x)
+
+  class PlainConvTranspose(layers._ConvLayer):
+    @nn.compact
+    def __call__(self, x):
+      k, p = self.kernel_size, self.kernel_size - 1 - self.padding  # PyTorch's p, as lax's
+      return nn.ConvTranspose(self.features, (k, k), (self.strides,) * 2, ((p, p), (p, p)),
+                              use_bias=self.use_bias, kernel_init=self.kernel_init,
+                              transpose_kernel=True, dtype=self.dtype)(x)
+
+  dcgan.Conv, dcgan.ConvTranspose = PlainConv, PlainConvTranspose
+
+
 def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
   import jax
   from jaxgen import dcgan, gan, wgan_gp
 
   n_critic = 5
-  generator = dcgan.Generator(image_size, channels, 64, 100)
-  critic = dcgan.Critic(image_size, 64)
+  generator = dcgan.Generator(image_size, channels, FLAGS.width, FLAGS.latent)
+  critic = dcgan.Critic(image_size, FLAGS.width)
   optimizer = wgan_gp.optimizer(1e-4)
   state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
                          optimizer=optimizer, image_shape=(image_size, image_size, channels))
@@ -104,16 +139,27 @@ def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
 
 def main(argv):
   del argv
+  if FLAGS.convs == "plain":
+    use_plain_convolutions()  # before JAX starts its CPU backend, which reads XLA_FLAGS
   import jax
 
   case = FLAGS.case
-  if case == "wgan_gp_32":
+  extra = {}
+  if case.startswith("wgan_gp"):
+    extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs}
+  if case.startswith("loader_"):
+    from jaxgen import image_datasets
+    # Enough batches to time: one batch takes well under a millisecond.
+    result = image_datasets.loader_benchmark(case[len("loader_"):], FLAGS.batch,
+                                             data_dir=FLAGS.data_dir, steps=max(FLAGS.steps, 200))
+    result["compile_s"] = 0.0
+  elif case == "wgan_gp_32":
     result = wgan_gp_case(32, 1, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   elif case == "wgan_gp_64":
     result = wgan_gp_case(64, 3, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   else:
     result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
-  print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps,
+  print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
                     "backend": jax.default_backend(), "devices": jax.device_count(),
                     "xla_flags": os.environ.get("XLA_FLAGS", ""),

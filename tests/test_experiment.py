@@ -156,7 +156,8 @@ def test_a_workdir_of_another_run_is_refused_and_kept(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(batch_size=0), "--batch_size must be positive"),
+    (dict(batch_size=-2), "--batch_size must be 0 \\(automatic\\) or positive"),
+    (dict(steps=0), "--steps must be positive"),
     (dict(image_size=48), "power of two"),
     (dict(num_devices=2, batch_size=63), "multiple of 2"),
     (dict(learning_rate=-1.0), "--learning_rate must be positive"),
@@ -169,10 +170,10 @@ def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
 
 def test_automatic_settings_follow_the_dataset(tmp_path):
   blobs = wgan_gp.Config(workdir=str(tmp_path))
-  assert (blobs.size, blobs.net_width, blobs.latent) == (32, 32, 32)
+  assert (blobs.size, blobs.batch, blobs.net_width, blobs.latent) == (32, 32, 32, 32)
   assert wgan_gp.Config(dataset="blobs10").latent == 64
   faces = wgan_gp.Config(dataset="celeba")
-  assert (faces.size, faces.net_width, faces.latent) == (64, 64, 100)
+  assert (faces.size, faces.batch, faces.net_width, faces.latent) == (64, 64, 64, 100)
   digits = wgan_gp.Config(dataset="mnist", width=16, latent_dim=8)
   assert (digits.size, digits.net_width, digits.latent) == (32, 16, 8)
 
