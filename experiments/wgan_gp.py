@@ -164,10 +164,10 @@ def train(config: Config, devices=None, source=None) -> dict:
           raise FloatingPointError(
               f"non-finite loss at step {done} ({last}); nothing from this step was saved. "
               f"Lower --learning_rate, or resume from the last checkpoint in {config.workdir}")
-        rate = progress.steps_per_s
+        progress.update(done, last)
+        rate = progress.steps_per_s  # since the previous logged step (the first: since start)
         log.write(done, {**last, "steps_per_s": rate,
                          "images_per_s": rate * config.n_critic * config.batch})
-        progress.update(done, last)
       if done % config.sample_every == 0 or final:
         save_grid(f"step_{done:06d}.png",
                   sample_fn(parallel.unreplicate(replicated), fixed_z))

@@ -51,7 +51,7 @@ class Progress:
     self.total, self.stream = total, stream
     self.tty = stream.isatty()
     self._last_step, self._last_time = start, time.perf_counter()
-    self.steps_per_s = float("nan")
+    self.steps_per_s = 0.0
 
   def update(self, step: int, metrics: dict) -> None:
     now = time.perf_counter()

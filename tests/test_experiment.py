@@ -47,8 +47,10 @@ def test_tiny_run_writes_every_file(tmp_path):
   assert saved["image_shape"] == [8, 8, 1] and saved["pixel_range"] == [0.0, 1.0]
   rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
   assert [r["step"] for r in rows] == [1, 2, 3, 4]
-  for key in ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein", "grad_norm"):
+  for key in ("critic_loss", "generator_loss", "gradient_penalty", "wasserstein", "grad_norm",
+              "steps_per_s", "images_per_s"):
     assert all(np.isfinite(r[key]) for r in rows)
+  assert all(r["images_per_s"] == r["steps_per_s"] * 2 * 4 for r in rows)  # n_critic x batch
   assert rows[-1]["critic_loss"] == last["critic_loss"]  # full precision, not rounded
   for name in ("step_000002.png", "step_000004.png"):
     picture = np.asarray(Image.open(os.path.join(run, "samples", name)))
