@@ -187,7 +187,7 @@ def train(config: Config, devices=None, source=None) -> dict:
 
 def main(argv):
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; settings are --flags (see --helpfull)")
+    sys.exit(f"error: unexpected arguments {argv[1:]}; settings are --flags (see --help)")
   logging.set_verbosity(logging.WARNING)  # orbax reports every save step at INFO
   try:
     config = from_flags(Config)

@@ -10,6 +10,7 @@ alike.
 """
 
 import dataclasses
+import sys
 
 from absl import flags
 
@@ -23,9 +24,12 @@ def setting(default, help: str):
 
 
 def define_flags(config_cls, flag_values=flags.FLAGS) -> None:
+  # Listed by --help as the program's own flags (absl files flags under the defining module,
+  # and --help shows the main program's).
+  module = sys.argv[0] if config_cls.__module__ == "__main__" else config_cls.__module__
   for field in dataclasses.fields(config_cls):
     _DEFINE[field.type](field.name, field.default, field.metadata.get("help", field.name),
-                        flag_values=flag_values)
+                        flag_values=flag_values, module_name=module)
 
 
 def from_flags(config_cls, flag_values=flags.FLAGS):

@@ -204,3 +204,11 @@ def test_the_command_line_trains(tmp_path):
   saved = json.load(open(run / "config.json"))
   assert (saved["n_critic"], saved["latent_dim"], saved["dataset"]) == (1, 2, "blobs1")
   assert "2/2" in result.stderr  # the progress line
+
+
+def test_help_lists_every_setting():
+  result = subprocess.run([sys.executable, "-m", "experiments.wgan_gp", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  for field in dataclasses.fields(wgan_gp.Config):
+    assert f"--{field.name}:" in result.stdout, field.name
+  assert "gradient penalty weight lambda" in result.stdout
