@@ -64,8 +64,7 @@ class Config:
   # The automatic (0) settings, resolved.
   @property
   def size(self) -> int:
-    large = self.dataset.split("/")[0] in ("celeba", "celeb_a", "imagenette")
-    return self.image_size or (64 if large else 32)
+    return self.image_size or data.default_image_size(self.dataset)
 
   @property
   def batch(self) -> int:

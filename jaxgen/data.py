@@ -26,12 +26,23 @@ BLOB_DATASETS = {"blobs1": 1, "blobs10": 10}
 
 def to_model_range(x: np.ndarray, pixel_range) -> np.ndarray:
   low, high = pixel_range
-  return np.clip((x - low) * (2.0 / (high - low)) - 1.0, -1.0, 1.0).astype(np.float32)
+  # One float32 copy, scaled in place: several times faster than float64 temporaries, and this
+  # runs on every batch.
+  scale = np.float32(2.0 / (high - low))
+  model = np.asarray(x).astype(np.float32)
+  model *= scale
+  model -= np.float32(low * scale + 1.0)
+  return np.clip(model, -1.0, 1.0, out=model)
 
 
 def from_model_range(x: np.ndarray, pixel_range) -> np.ndarray:
   low, high = pixel_range
   return low + (np.asarray(x, np.float32) + 1.0) * ((high - low) / 2.0)
+
+
+def default_image_size(dataset: str) -> int:
+  """DCGAN's 64 for the photographic datasets (CelebA, Imagenette), 32 for the rest."""
+  return 64 if dataset.split("/")[0] in ("celeba", "celeb_a", "imagenette") else 32
 
 
 def dataset_names() -> list:

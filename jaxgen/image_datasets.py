@@ -533,16 +533,7 @@ class ImageSource:
     return self.images[self.indices(index)]
 
   def batch(self, index: int) -> np.ndarray:
-    pixels = self.pixels(index)
-    if pixels.dtype != np.uint8:
-      return to_model_range(pixels, self.pixel_range)
-    # `to_model_range` in place and in float32: 6x faster than via float64 or a lookup table.
-    low, high = self.pixel_range
-    scale = np.float32(2.0 / (high - low))
-    model = pixels.astype(np.float32)
-    model *= scale
-    model -= np.float32(low * scale + 1.0)
-    return np.clip(model, -1.0, 1.0, out=model)
+    return to_model_range(self.pixels(index), self.pixel_range)
 
   def labels(self, index: int) -> np.ndarray:
     """The labels of the images of `batch(index)`, in the same order."""
@@ -634,8 +625,8 @@ if __name__ == "__main__":
                       help="default: $TFDS_DATA_DIR or ~/tensorflow_datasets")
   arguments = parser.parse_args()
   for name in arguments.datasets:
-    size = arguments.image_size or (64 if name.split("/")[0] in ("celeba", "celeb_a",
-                                                                   "imagenette") else 32)
+    from jaxgen.data import default_image_size
+    size = arguments.image_size or default_image_size(name)
     images, labels, meta = cached_images(name, image_size=size, data_dir=arguments.data_dir)
     _log(f"{name}: {meta['num_examples']} images of {tuple(images.shape[1:])}, "
          f"{'with' if labels is not None else 'without'} labels, cached under "
