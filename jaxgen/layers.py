@@ -24,10 +24,10 @@ second order).
 Each of the three primals is then written in the form XLA:CPU (jax 0.10, 2 AVX2 cores) ran
 fastest when timed in isolation: a kernel covering the whole input (the 1x1 -> 4x4 transposed
 convolution, the 4x4 -> 1 critic head) is a matrix product; the input gradient of a strided
-convolution is the transpose of a stride-1 convolution on space-to-depth input (no input dilation,
-so no multiplications by zeros); the weight gradient over large outputs or few input channels is
-one matrix product of im2col patches (the window-dilated convolution XLA emits ran at 3-11
-GFLOP/s there).
+convolution (the transposed convolution) is one stride-1 convolution per output phase,
+interleaved (no multiplications by inserted zeros, no outputs cropped away); the weight gradient
+is XLA's own, except over an image's few channels, where it is one matrix product of im2col
+patches (XLA's window-dilated convolution ran at a fifth of that speed there).
 """
 
 import functools
@@ -116,9 +116,10 @@ def _weight_grad(x, dy, stride, padding, kernel_hw):
   if _whole_window(x.shape[1:3], kernel_hw, padding):
     return (x.reshape(x.shape[0], -1).T @ dy.reshape(dy.shape[0], -1)).reshape(
         *kernel_hw, x.shape[-1], dy.shape[-1])
-  if dy.shape[1] * dy.shape[2] >= 256 or x.shape[-1] <= 4:
-    # large outputs or few input channels: the window-dilated convolution XLA emits runs at a
-    # fraction of the speed of one matrix product over im2col patches (measured, README).
+  if x.shape[-1] <= 4:
+    # an image's few channels: the window-dilated convolution XLA emits runs at a fraction of
+    # the speed of one matrix product over im2col patches (measured, README). With more input
+    # channels the convolution is faster than building and transposing the patches.
     k, (h, wd) = kernel_hw[0], (x.shape[1] + 2 * padding, x.shape[2] + 2 * padding)
     if stride > 1 and kernel_hw[1] == k and not (k % stride or h % stride or wd % stride):
       # im2col of the space-to-depth input: (k/s)^2 slices instead of k^2 (smaller programs).
@@ -132,6 +133,52 @@ def _weight_grad(x, dy, stride, padding, kernel_hw):
     return dw.reshape(*kernel_hw, x.shape[-1], dy.shape[-1])
   shape = (*kernel_hw, x.shape[-1], dy.shape[-1])
   return _transpose_of(lambda w: _forward(x, w, stride, padding), shape, x.dtype, dy)
+
+
+def _subpixel_input_grad(dy, w, stride, padding, input_hw):
+  """`conv2d_input_grad` as stride*stride stride-1 convolutions, one per output phase, interleaved.
+
+  Output phase r (rows r, r + s, r + 2s, ... of dx) is a stride-1 correlation of dy with the k/s
+  kernel rows i = r + p (mod s), in reverse order: dx[s*a + r] sums dy[h] w[i] over
+  s*h + i - p = s*a + r. None of these convolutions multiplies by the zeros an input-dilated
+  convolution inserts, and, unlike the transpose of `_phase_forward`, none computes outputs that
+  the padding crops away (a quarter of the work at 8x8, more at 4x4). Returns None where the
+  shapes do not divide evenly.
+  """
+  k, s, p, (n, h, wd, o), c = w.shape[0], stride, padding, dy.shape, w.shape[2]
+  if k % s or input_hw[0] % s or input_hw[1] % s or w.shape[1] != k:
+    return None
+  m = k // s
+  hp, wp = input_hw[0] // s, input_hw[1] // s  # outputs per phase
+  # kernels[q, q'] holds rows i = m' * s + q, reversed in m', for every residue q: one transpose.
+  kernels = w.reshape(m, s, m, s, c, o)[::-1, :, ::-1].transpose(1, 3, 0, 2, 5, 4)
+  phases = []
+  for r in range(s):
+    q_r = (r + p) % s
+    lo_r = (s * (m - 1) + q_r - r - p) // s  # a - h at the first window position
+    for t in range(s):
+      q_t = (t + p) % s
+      lo_t = (s * (m - 1) + q_t - t - p) // s
+      pad = ((lo_r, hp + m - 1 - lo_r - h), (lo_t, wp + m - 1 - lo_t - wd))
+      if min(pad[0] + pad[1]) < 0:
+        return None
+      phases.append(lax.conv_general_dilated(dy, kernels[q_r, q_t], (1, 1), pad,
+                                             dimension_numbers=_DIMENSIONS))
+  dx = jnp.stack(phases, axis=3).reshape(n, hp, wp, s, s, c)
+  return dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, hp * s, wp * s, c)
+
+
+def _input_grad(dy, w, stride, padding, input_hw):
+  """Primal of `conv2d_input_grad`, by whichever formulation XLA:CPU runs fastest for the shape."""
+  if stride > 1 and w.shape[2] > 4:
+    dx = _subpixel_input_grad(dy, w, stride, padding, input_hw)
+    if dx is not None:
+      return dx
+  # an image's few channels (the output layer of a generator, the penalty's input gradient):
+  # per-phase convolutions with 1-4 output channels are slow there; one convolution on the
+  # space-to-depth layout is not.
+  shape = (dy.shape[0], *input_hw, w.shape[2])
+  return _transpose_of(lambda x: _phase_forward(x, w, stride, padding), shape, dy.dtype, dy)
 
 
 def _transpose_of(fn, like_shape, dtype, cotangent):
@@ -164,8 +211,7 @@ def conv2d_input_grad(dy, w, stride, padding, input_hw):
 
   `input_hw` is the spatial size of the convolution's input, i.e. of this function's output.
   """
-  shape = (dy.shape[0], *input_hw, w.shape[2])
-  return _transpose_of(lambda x: _phase_forward(x, w, stride, padding), shape, dy.dtype, dy)
+  return _input_grad(dy, w, stride, padding, input_hw)
 
 
 def _input_grad_fwd(dy, w, stride, padding, input_hw):

@@ -11,15 +11,18 @@ from jaxgen import layers
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 # (input size, in channels, out channels, kernel, stride, padding): strided, odd sizes, a kernel
-# that covers the whole input (the matrix-product path), few input channels and large outputs
-# (the im2col path of the weight gradient), and stride 1.
+# that covers the whole input (the matrix-product path), few input channels (the im2col weight
+# gradient and the space-to-depth input gradient), more input channels (the per-phase input
+# gradient and XLA's weight gradient), and stride 1.
 CASES = [
     (8, 3, 5, 4, 2, 1),
     (9, 2, 3, 3, 2, 1),
     (7, 6, 4, 3, 1, 1),
     (4, 6, 2, 4, 1, 0),
+    (8, 6, 5, 4, 2, 1),
     (34, 5, 2, 4, 2, 1),
     (10, 6, 3, 4, 2, 0),
+    (12, 5, 2, 6, 3, 0),
 ]
 
 
@@ -52,7 +55,7 @@ def test_conv2d_and_its_gradients_match_plain_autodiff(size, cin, cout, k, strid
       rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("size,cin,cout,k,stride,padding", CASES[:4])
+@pytest.mark.parametrize("size,cin,cout,k,stride,padding", CASES[:5])
 def test_penalty_second_order_gradients_match_plain_autodiff(size, cin, cout, k, stride, padding):
   """A gradient penalty through two layers: the double backward WGAN-GP differentiates."""
   x, w1 = _inputs(size, cin, cout, k)
@@ -74,9 +77,10 @@ def test_penalty_second_order_gradients_match_plain_autodiff(size, cin, cout, k,
     np.testing.assert_allclose(f, p, rtol=1e-4, atol=1e-4)
 
 
-def test_input_and_weight_grads_second_order_match_their_transposes():
+@pytest.mark.parametrize("cin", [3, 6])
+def test_input_and_weight_grads_second_order_match_their_transposes(cin):
   """Derivatives of the adjoint maps themselves (each is a custom_vjp)."""
-  x, w = _inputs(8, 3, 4, 4)
+  x, w = _inputs(8, cin, 4, 4)
   dy = jax.random.normal(jax.random.PRNGKey(3), (2, 4, 4, 4))
 
   def plain_input_grad(dy, w):
