@@ -5,6 +5,7 @@
     python -m experiments.benchmark --case=blobs --batch=256
     python -m experiments.benchmark --case=loader_mnist --batch=64 --data_dir=DIR
     python -m experiments.benchmark --case=wgan_gp_32 --convs=plain   # flax's own convolutions
+    python -m experiments.benchmark --case=wgan_gp_64 --precision=bfloat16   # for GPUs
 
 images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step. The
 WGAN-GP cases use the architectures and optimizer of ../shared/bench/torch_ref.py (DCGAN width 64,
@@ -35,6 +36,8 @@ flags.DEFINE_integer("latent", 100, "latent size of the WGAN-GP cases (the refer
 flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
                   "WGAN-GP convolutions: jaxgen's layers, or flax's own lax convolutions with "
                   "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
+flags.DEFINE_enum("precision", "float32", ("float32", "bfloat16"),
+                  "WGAN-GP networks' computation dtype (parameters and losses stay float32)")
 flags.DEFINE_string("data_dir", None, "data directory of the loader cases")
 FLAGS = flags.FLAGS
 
@@ -95,11 +98,13 @@ def use_plain_convolutions() -> None:
 
 def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
   import jax
+  import jax.numpy as jnp
   from jaxgen import dcgan, gan, wgan_gp
 
   n_critic = 5
-  generator = dcgan.Generator(image_size, channels, FLAGS.width, FLAGS.latent)
-  critic = dcgan.Critic(image_size, FLAGS.width)
+  dtype = jnp.bfloat16 if FLAGS.precision == "bfloat16" else None
+  generator = dcgan.Generator(image_size, channels, FLAGS.width, FLAGS.latent, dtype=dtype)
+  critic = dcgan.Critic(image_size, FLAGS.width, dtype=dtype)
   optimizer = wgan_gp.optimizer(1e-4)
   state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
                          optimizer=optimizer, image_shape=(image_size, image_size, channels))
@@ -146,7 +151,8 @@ def main(argv):
   case = FLAGS.case
   extra = {}
   if case.startswith("wgan_gp"):
-    extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs}
+    extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs,
+             "precision": FLAGS.precision}
   if case.startswith("loader_"):
     from jaxgen import image_datasets
     # Enough batches to time: one batch takes well under a millisecond.

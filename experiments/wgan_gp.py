@@ -20,6 +20,9 @@ from jaxgen import data, dcgan, parallel
 from jaxgen.flags import define_flags, from_flags, setting
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   dataset: str = setting("blobs1", "blobs1 | blobs10 | an image dataset (docs/datasets.md)")
@@ -44,6 +47,8 @@ class Config:
   blob_width: float = setting(1.5, "blob PSF standard deviation in pixels")
   blob_amplitude: float = setting(1.0, "blob peak brightness")
   data_dir: str = setting("", "where image datasets are prepared and cached (default: TFDS's)")
+  precision: str = setting("float32", "float32 | bfloat16: the networks' computation dtype; "
+                                      "parameters, optimizer, losses and penalty stay float32")
 
   def __post_init__(self):
     for name in ("steps", "n_critic", "log_every", "sample_every", "checkpoint_every",
@@ -56,6 +61,9 @@ class Config:
     if self.learning_rate <= 0 or self.gp_weight < 0:
       raise ValueError(f"--learning_rate must be positive and --gp_weight non-negative, got "
                        f"{self.learning_rate} and {self.gp_weight}")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                       f"{self.precision!r}")
     if self.num_devices:
       parallel.check_split(self.batch, self.num_devices)
     dcgan.num_upsamplings(self.size)
@@ -94,9 +102,12 @@ def setup(config: Config):
 
 
 def networks(config: Config, channels: int, axis_name=None):
+  import jax.numpy as jnp
+
+  dtype = jnp.bfloat16 if config.precision == "bfloat16" else None
   generator = dcgan.Generator(config.size, channels, config.net_width, config.latent,
-                              axis_name=axis_name)
-  return generator, dcgan.Critic(config.size, config.net_width)
+                              axis_name=axis_name, dtype=dtype)
+  return generator, dcgan.Critic(config.size, config.net_width, dtype=dtype)
 
 
 def train(config: Config, devices=None, source=None) -> dict:

@@ -26,7 +26,10 @@ def prepare(config, model: str, source) -> dict:
       saved = json.load(f)
     # The user's own settings first, in flag order, then what is derived from them.
     keys = list(settings) + [k for k in saved if k not in settings]
-    differ = [k for k in keys if k not in RESUMABLE and saved.get(k) != settings.get(k)]
+    # a setting newer than the saved run had its default value there
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    differ = [k for k in keys
+              if k not in RESUMABLE and saved.get(k, defaults.get(k)) != settings.get(k)]
     if differ:
       k = differ[0]
       raise ValueError(

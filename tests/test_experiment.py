@@ -157,6 +157,20 @@ def test_a_workdir_of_another_run_is_refused_and_kept(tmp_path):
   assert os.listdir(os.path.join(config.workdir, "checkpoints")) == ["2"]
 
 
+def test_a_run_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+  config = tiny(tmp_path / "run")
+  wgan_gp.setup(config)
+  path = os.path.join(config.workdir, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["precision"]  # as written by a jaxgen without that setting
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  wgan_gp.setup(config)  # the default it had implicitly: same run
+  with pytest.raises(ValueError, match="holds a run with precision='float32', not 'bfloat16'"):
+    wgan_gp.setup(dataclasses.replace(config, precision="bfloat16"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(batch_size=-2), "--batch_size must be 0 \\(automatic\\) or positive"),
     (dict(steps=0), "--steps must be positive"),
@@ -164,6 +178,7 @@ def test_a_workdir_of_another_run_is_refused_and_kept(tmp_path):
     (dict(num_devices=2, batch_size=63), "multiple of 2"),
     (dict(learning_rate=-1.0), "--learning_rate must be positive"),
     (dict(dataset="blobz1"), "unknown --dataset='blobz1'"),
+    (dict(precision="float16"), "--precision must be one of float32, bfloat16, got 'float16'"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
