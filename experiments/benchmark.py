@@ -24,6 +24,8 @@ import time
 
 from absl import app, flags
 
+from jaxgen.layers import PRECISIONS
+
 LOADERS = ("mnist", "fashion_mnist", "cifar10", "celeba", "imagenette")
 CASES = ("wgan_gp_32", "wgan_gp_64", "blobs") + tuple(f"loader_{name}" for name in LOADERS)
 flags.DEFINE_enum("case", "wgan_gp_32", CASES, "what to measure")
@@ -36,7 +38,7 @@ flags.DEFINE_integer("latent", 100, "latent size of the WGAN-GP cases (the refer
 flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
                   "WGAN-GP convolutions: jaxgen's layers, or flax's own lax convolutions with "
                   "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
-flags.DEFINE_enum("precision", "float32", ("float32", "bfloat16"),
+flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
                   "WGAN-GP networks' computation dtype (parameters and losses stay float32)")
 flags.DEFINE_string("data_dir", None, "data directory of the loader cases")
 FLAGS = flags.FLAGS
@@ -98,11 +100,10 @@ def use_plain_convolutions() -> None:
 
 def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
   import jax
-  import jax.numpy as jnp
   from jaxgen import dcgan, gan, wgan_gp
 
   n_critic = 5
-  dtype = jnp.bfloat16 if FLAGS.precision == "bfloat16" else None
+  dtype = PRECISIONS[FLAGS.precision]
   generator = dcgan.Generator(image_size, channels, FLAGS.width, FLAGS.latent, dtype=dtype)
   critic = dcgan.Critic(image_size, FLAGS.width, dtype=dtype)
   optimizer = wgan_gp.optimizer(1e-4)

@@ -18,9 +18,7 @@ from absl import app, logging
 
 from jaxgen import data, dcgan, parallel
 from jaxgen.flags import define_flags, from_flags, setting
-
-
-PRECISIONS = ("float32", "bfloat16")
+from jaxgen.layers import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,9 +100,7 @@ def setup(config: Config):
 
 
 def networks(config: Config, channels: int, axis_name=None):
-  import jax.numpy as jnp
-
-  dtype = jnp.bfloat16 if config.precision == "bfloat16" else None
+  dtype = PRECISIONS[config.precision]
   generator = dcgan.Generator(config.size, channels, config.net_width, config.latent,
                               axis_name=axis_name, dtype=dtype)
   return generator, dcgan.Critic(config.size, config.net_width, dtype=dtype)

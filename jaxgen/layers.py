@@ -51,6 +51,10 @@ if jax.__version__ in ("0.10.2",) and "ynn_fusion_type" not in os.environ.get("X
 
 Initializer = Callable[..., jax.Array]
 
+# The computation dtypes a model can run its layers in, by name (`dtype` of the layers; None
+# keeps float32). Parameters stay float32 either way.
+PRECISIONS = {"float32": None, "bfloat16": jnp.bfloat16}
+
 
 def _whole_window(x_hw, kernel_hw, padding):
   """True when the kernel covers the whole (unpadded) input: the convolution is a matrix product."""
@@ -75,6 +79,18 @@ def _space_to_depth(x, s):
   return x.reshape(n, h // s, w // s, s * s * c)
 
 
+def _pad(x, padding):
+  """Zero padding of both spatial sides of NHWC `x`."""
+  return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+
+
+def _phases_fit(x, kernel_hw, stride, padding):
+  """True when a strided convolution of NHWC `x` splits into whole stride x stride phases: a
+  square kernel and a padded input that the stride divides."""
+  k, h, wd = kernel_hw[0], x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
+  return stride > 1 and kernel_hw[1] == k and not (k % stride or h % stride or wd % stride)
+
+
 def _phase_kernel(w, s):
   """(k, k, C, O) -> (k/s, k/s, s*s*C, O): the same correlation on `_space_to_depth` input."""
   k, _, c, o = w.shape
@@ -95,17 +111,16 @@ def _phase_forward(x, w, stride, padding):
   Its transpose (the input gradient) is then a stride-1 convolution, which XLA:CPU runs faster
   than the input-dilated one it emits for a strided convolution (no multiplications by zeros).
   """
-  k, (h, wd) = w.shape[0], (x.shape[1] + 2 * padding, x.shape[2] + 2 * padding)
-  if stride == 1 or k % stride or h % stride or wd % stride or w.shape[1] != k:
+  if not _phases_fit(x, w.shape[:2], stride, padding):
     return _forward(x, w, stride, padding)
-  x = _space_to_depth(jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))), stride)
+  x = _space_to_depth(_pad(x, padding), stride)
   return lax.conv_general_dilated(x, _phase_kernel(w, stride), (1, 1), "VALID",
                                   dimension_numbers=_DIMENSIONS)
 
 
 def _patches(x, kernel_hw, stride, padding, out_hw):
   """im2col: (N, Ho, Wo, kh*kw*C), features ordered (kh, kw, C) like an HWIO kernel's rows."""
-  x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  x = _pad(x, padding)
   return jnp.concatenate(
       [x[:, i:i + stride * (out_hw[0] - 1) + 1:stride, j:j + stride * (out_hw[1] - 1) + 1:stride]
        for i in range(kernel_hw[0]) for j in range(kernel_hw[1])], axis=-1)
@@ -120,11 +135,10 @@ def _weight_grad(x, dy, stride, padding, kernel_hw):
     # an image's few channels: the window-dilated convolution XLA emits runs at a fraction of
     # the speed of one matrix product over im2col patches (measured, README). With more input
     # channels the convolution is faster than building and transposing the patches.
-    k, (h, wd) = kernel_hw[0], (x.shape[1] + 2 * padding, x.shape[2] + 2 * padding)
-    if stride > 1 and kernel_hw[1] == k and not (k % stride or h % stride or wd % stride):
+    if _phases_fit(x, kernel_hw, stride, padding):
       # im2col of the space-to-depth input: (k/s)^2 slices instead of k^2 (smaller programs).
-      xs = _space_to_depth(
-          jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))), stride)
+      k = kernel_hw[0]
+      xs = _space_to_depth(_pad(x, padding), stride)
       p = _patches(xs, (k // stride, k // stride), 1, 0, dy.shape[1:3])
       dw = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
       return _unphase_kernel(dw.reshape(k // stride, k // stride, -1, dy.shape[-1]), stride)
