@@ -37,3 +37,10 @@ def generate(generator: nn.Module, state: GANState, z: jax.Array) -> jax.Array:
   """Generator outputs for latents `z`, BatchNorm on its running averages (inference mode)."""
   return generator.apply({"params": state.g_params, "batch_stats": state.g_batch_stats}, z,
                          train=False)
+
+
+def generate_from_tree(generator: nn.Module, tree: dict, z: jax.Array) -> jax.Array:
+  """`generate` from a checkpoint restored as plain dicts (`Checkpoints.restore_tree`): sampling
+  needs neither the optimizer nor the state class."""
+  return generator.apply({"params": tree["g_params"], "batch_stats": tree["g_batch_stats"]}, z,
+                         train=False)

@@ -43,11 +43,23 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 # jax 0.10's XLA:CPU hands single convolutions to YNNPACK, which ran this package's convolutions
 # ~25% slower than XLA's own (Eigen) kernels (README, Performance). The flag only exists in the
-# versions checked; it takes effect when set before the CPU backend starts, and a user's own
-# setting of it wins.
+# versions checked.
 _CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-if jax.__version__ in ("0.10.2",) and "ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_CPU_FLAG}".strip()
+
+
+def configure_cpu() -> bool:
+  """Adds the XLA:CPU setting these layers are tuned for to XLA_FLAGS; True when it is in force.
+
+  Programs call it (through `jaxgen.training.configure_jax`) first in `main`: it only takes effect
+  before JAX starts its CPU backend. A user's own setting of the flag wins; on other jax versions
+  nothing changes. Importing this module changes nothing."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "ynn_fusion_type" in flags:
+    return _CPU_FLAG in flags
+  if jax.__version__ not in ("0.10.2",):
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {_CPU_FLAG}".strip()
+  return True
 
 Initializer = Callable[..., jax.Array]
 

@@ -6,6 +6,9 @@ every random draw for the global batch and keeps this device's slice, so a step 
 computes what the same step computes on one device with the whole batch (up to float rounding).
 BatchNorm layers take the same `axis_name` to average their statistics over the devices.
 
+Everything that knows about pmap lives here (wrapping a step, laying out batches and states),
+so that a move to `shard_map` or `jit` with shardings changes this file alone.
+
 Layout: a global batch (B, ...) is split as (devices, B / devices, ...); device d holds examples
 d * B/devices ... (d + 1) * B/devices - 1, the same slice `draw` keeps.
 """
@@ -81,3 +84,33 @@ def replicate(tree, devices: Sequence):
 def unreplicate(tree):
   """The first device's copy of a replicated tree."""
   return jax.tree.map(lambda x: x[0], tree)
+
+
+def first(tree):
+  """The first device's copy of a replicated tree, copied to the host (numpy)."""
+  return jax.device_get(unreplicate(tree))
+
+
+def to_host(tree):
+  """A replicated state as one host copy, for checkpoints."""
+  return first(tree)
+
+
+def pmap_step(step: Callable, devices: Sequence, *, donate: bool = True):
+  """`step(state, batch, key)` on every device: state replicated, batch split over the device axis
+  (see `device_batches`), the same key on every device; the state is donated, so its buffers
+  are reused for the next state. `step` must take axis_name=AXIS (bind it with partial)."""
+  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None),
+                  donate_argnums=(0,) if donate else (), devices=devices)
+
+
+def device_batches(make: Callable[[int], np.ndarray], devices: Sequence, start: int, *,
+                   batch_axis: int = 0, depth: int = 2):
+  """The stream of host batches make(start), make(start + 1), ..., each split over the devices
+  along `batch_axis` and copied to them in a background thread, `depth` steps ahead, so host work
+  and host-to-device copies overlap the running step. Close it when done."""
+  from jaxgen.data import Prefetch
+
+  n = len(devices)
+  return Prefetch(lambda i: put_sharded(shard(make(i), n, axis=batch_axis), devices), start,
+                  depth)

@@ -115,3 +115,49 @@ def plot_curves(rows: list, keys: list, path: str, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+class Writer:
+  """Everything a run shows a person, written one way for every program: metrics.jsonl rows (with
+  steps/s and images/s of the interval just logged), the progress line, PNG sample grids in
+  samples/ and plots of the logged metrics."""
+
+  def __init__(self, workdir: str, total_steps: int, start: int, image_size: int):
+    self.workdir = workdir
+    self.metrics_path = os.path.join(workdir, "metrics.jsonl")
+    self.sample_dir = os.path.join(workdir, "samples")
+    os.makedirs(self.sample_dir, exist_ok=True)
+    self.scale = max(1, 128 // image_size)  # small images enlarged for viewing
+    self.log = MetricsLog(self.metrics_path, resume_step=start)
+    self.progress = Progress(total_steps, start)
+
+  def metrics(self, step: int, metrics: dict, images_per_step: int = 0) -> dict:
+    """Writes one row of host metrics (floats, or 0-d arrays) and updates the progress line;
+    a non-finite value stops the run before anything of this step is saved."""
+    row = {k: float(v) for k, v in metrics.items()}
+    bad = [k for k, v in row.items() if not math.isfinite(v)]
+    if bad:
+      raise FloatingPointError(
+          f"non-finite loss at step {step} ({', '.join(f'{k}={row[k]}' for k in bad)}); nothing "
+          f"from this step was saved. Lower --learning_rate, or resume from the last checkpoint "
+          f"in {self.workdir}")
+    self.progress.update(step, row)
+    rate = self.progress.steps_per_s  # since the previous logged step (the first: since start)
+    extra = {"steps_per_s": rate}
+    if images_per_step:
+      extra["images_per_s"] = rate * images_per_step
+    self.log.write(step, {**row, **extra})
+    return row
+
+  def grid(self, name: str, images, columns: int = 8) -> str:
+    """Saves images in the model's range [-1, 1] (N, H, W, C) as samples/<name>."""
+    path = os.path.join(self.sample_dir, name)
+    save_png(path, sample_grid((np.asarray(images, np.float32) + 1.0) / 2.0, columns), self.scale)
+    return path
+
+  def curves(self, keys: list, title: str, name: str = "loss_curves.png") -> None:
+    """One panel per logged metric in `keys` against the step."""
+    plot_curves(read_metrics(self.metrics_path), keys, os.path.join(self.workdir, name), title)
+
+  def close(self) -> None:
+    self.progress.close()

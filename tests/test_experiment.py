@@ -13,10 +13,14 @@ import pytest
 from PIL import Image
 
 from experiments import sample, wgan_gp
-from jaxgen import checkpoint, data, gan
+from jaxgen import checkpoint, data, gan, training
 from jaxgen import wgan_gp as wgan_gp_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def setup(config):
+  return training.setup(config, wgan_gp.MODEL)
 
 
 def tiny(path, **overrides):
@@ -131,7 +135,7 @@ class _PoisonedSource:
 
 def test_non_finite_loss_stops_before_saving(tmp_path):
   config = tiny(tmp_path / "run", checkpoint_every=2)
-  devices, source = wgan_gp.setup(config)
+  config, devices, source = training.setup(config, wgan_gp.MODEL)
   with pytest.raises(FloatingPointError, match="non-finite loss at step 3"):
     wgan_gp.train(config, devices, _PoisonedSource(source, bad=4))  # step 3 reads batch 4
   assert os.listdir(os.path.join(config.workdir, "checkpoints")) == ["2"]
@@ -152,23 +156,23 @@ def test_a_workdir_of_another_run_is_refused_and_kept(tmp_path):
   wgan_gp.train(config)
   before = open(os.path.join(config.workdir, "config.json")).read()
   with pytest.raises(ValueError, match="holds a run with image_size=8, not 16"):
-    wgan_gp.setup(dataclasses.replace(config, image_size=16))
+    setup(dataclasses.replace(config, image_size=16))
   assert open(os.path.join(config.workdir, "config.json")).read() == before
   assert os.listdir(os.path.join(config.workdir, "checkpoints")) == ["2"]
 
 
 def test_a_run_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
   config = tiny(tmp_path / "run")
-  wgan_gp.setup(config)
+  setup(config)
   path = os.path.join(config.workdir, "config.json")
   with open(path) as f:
     saved = json.load(f)
   del saved["precision"]  # as written by a jaxgen without that setting
   with open(path, "w") as f:
     json.dump(saved, f)
-  wgan_gp.setup(config)  # the default it had implicitly: same run
+  setup(config)  # the default it had implicitly: same run
   with pytest.raises(ValueError, match="holds a run with precision='float32', not 'bfloat16'"):
-    wgan_gp.setup(dataclasses.replace(config, precision="bfloat16"))
+    setup(dataclasses.replace(config, precision="bfloat16"))
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -185,14 +189,54 @@ def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
     tiny(tmp_path / "run", **overrides)
 
 
+def _automatic(config):
+  c = config.resolved()
+  return c.image_size, c.batch_size, c.width, c.latent_dim
+
+
 def test_automatic_settings_follow_the_dataset(tmp_path):
-  blobs = wgan_gp.Config(workdir=str(tmp_path))
-  assert (blobs.size, blobs.batch, blobs.net_width, blobs.latent) == (32, 32, 32, 32)
-  assert wgan_gp.Config(dataset="blobs10").latent == 64
-  faces = wgan_gp.Config(dataset="celeba")
-  assert (faces.size, faces.batch, faces.net_width, faces.latent) == (64, 64, 64, 100)
-  digits = wgan_gp.Config(dataset="mnist", width=16, latent_dim=8)
-  assert (digits.size, digits.net_width, digits.latent) == (32, 16, 8)
+  assert _automatic(wgan_gp.Config(workdir=str(tmp_path))) == (32, 32, 32, 32)
+  assert _automatic(wgan_gp.Config(dataset="blobs10"))[3] == 64
+  assert _automatic(wgan_gp.Config(dataset="celeba")) == (64, 64, 64, 100)
+  assert _automatic(wgan_gp.Config(dataset="mnist", width=16, latent_dim=8)) == (32, 64, 16, 8)
+
+
+def test_automatic_settings_are_saved_resolved_and_kept_on_resume(tmp_path):
+  config, _, _ = setup(wgan_gp.Config(workdir=str(tmp_path / "run")))
+  saved = json.load(open(tmp_path / "run" / "config.json"))
+  assert (saved["image_size"], saved["batch_size"], saved["width"], saved["latent_dim"]) == \
+      (32, 32, 32, 32) == _automatic(config)
+  # A run saved when the automatic batch was 16: resuming keeps 16, whatever the default now.
+  saved["batch_size"] = 16
+  with open(tmp_path / "run" / "config.json", "w") as f:
+    json.dump(saved, f)
+  resumed, _, source = setup(wgan_gp.Config(workdir=str(tmp_path / "run")))
+  assert resumed.batch_size == 16 and source.batch(0).shape[0] == 16
+  # Given explicitly, a different value is another run, refused.
+  with pytest.raises(ValueError, match="holds a run with batch_size=16, not 32"):
+    setup(wgan_gp.Config(workdir=str(tmp_path / "run"), batch_size=32))
+
+
+def test_a_run_saved_with_unresolved_automatic_settings_resumes(tmp_path):
+  """config.json files written before automatic settings were saved resolved held 0s."""
+  config = tiny(tmp_path / "run", width=0)
+  setup(config)
+  path = os.path.join(config.workdir, "config.json")
+  saved = json.load(open(path))
+  saved["width"] = 0
+  json.dump(saved, open(path, "w"))
+  assert setup(config)[0].width == 32
+
+
+def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
+  config = tiny(tmp_path / "run", steps=2)
+  wgan_gp.train(config)
+  ckpts = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"))
+  state, _ = final_state(config)
+  ckpts.save(3, state.replace(step=state.step + 1), {"data_position": 5})
+  ckpts.close()
+  with pytest.raises(ValueError, match="taken at data position 5, not 6"):
+    wgan_gp.train(dataclasses.replace(config, steps=4))
 
 
 def test_bad_flag_fails_in_one_line_before_any_work(tmp_path):
@@ -212,10 +256,14 @@ def test_the_command_line_trains(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "experiments.wgan_gp", "--steps=2", "--image_size=8", "--width=4",
        "--batch_size=4", "--n_critic=1", "--log_every=1", "--latent_dim=2",
-       f"--workdir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+       f"--workdir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAXGEN_COMPILATION_CACHE": str(tmp_path / "cache")})
   assert result.returncode == 0, result.stderr[-2000:]
   rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2]
+  # The compiled step went into the persistent cache, for the next run of the same program.
+  assert any(name.startswith("jit_") or name.startswith("pmap_")
+             for name in os.listdir(tmp_path / "cache")), os.listdir(tmp_path / "cache")
   saved = json.load(open(run / "config.json"))
   assert (saved["n_critic"], saved["latent_dim"], saved["dataset"]) == (1, 2, "blobs1")
   assert "2/2" in result.stderr  # the progress line
@@ -227,3 +275,59 @@ def test_help_lists_every_setting():
   for field in dataclasses.fields(wgan_gp.Config):
     assert f"--{field.name}:" in result.stdout, field.name
   assert "gradient penalty weight lambda" in result.stdout
+
+
+def _loop_before_the_shared_pieces(config, num_devices):
+  """The training loop of experiments/wgan_gp.py as it was before it moved onto jaxgen.training,
+  written with JAX directly: metrics of every logged step and the final state."""
+  import functools
+  from jaxgen import parallel
+
+  devices = jax.local_devices()[:num_devices]
+  source = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
+                     seed=config.seed)
+  generator, critic = wgan_gp.networks(config, 1, axis_name=parallel.AXIS)
+  optimizer = wgan_gp_lib.optimizer(config.learning_rate)
+  init_key, train_key, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  state = gan.init_state(init_key, generator=generator, discriminator=critic,
+                         optimizer=optimizer, image_shape=source.image_shape)
+  step_fn = jax.pmap(functools.partial(
+      wgan_gp_lib.train_step, generator=generator, critic=critic, optimizer=optimizer,
+      gp_weight=config.gp_weight, axis_name=parallel.AXIS), axis_name=parallel.AXIS,
+      in_axes=(0, 0, None), devices=devices)
+  replicated = jax.tree.map(lambda x: np.stack([x] * num_devices), state)
+  rows = []
+  for step in range(config.steps):
+    real = np.stack([source.batch(step * config.n_critic + i) for i in range(config.n_critic)])
+    real = real.reshape(config.n_critic, num_devices, -1, *real.shape[2:]).swapaxes(0, 1)
+    replicated, metrics = step_fn(replicated, real, train_key)
+    rows.append({"step": step + 1, **{k: float(v[0]) for k, v in metrics.items()}})
+  return rows, jax.tree.map(lambda x: np.asarray(x[0]), replicated)
+
+
+@pytest.mark.parametrize("num_devices", [1, 2])
+def test_the_shared_loop_computes_what_the_loop_before_it_did(tmp_path, num_devices):
+  config = tiny(tmp_path / "run", num_devices=num_devices)
+  wgan_gp.train(config)
+  rows = [{k: v for k, v in json.loads(line).items() if not k.endswith("_per_s")}
+          for line in open(os.path.join(config.workdir, "metrics.jsonl"))]
+  expected_rows, expected_state = _loop_before_the_shared_pieces(config, num_devices)
+  assert rows == expected_rows  # to the bit: JSON floats round-trip exactly
+  state, _ = final_state(config)
+  chex.assert_trees_all_equal(jax.device_get(state), expected_state)
+
+
+def test_importing_the_layers_leaves_xla_flags_alone():
+  code = ("import os; os.environ['XLA_FLAGS'] = '--xla_dump_to=/nonexistent'; "
+          "import jaxgen.layers as l, experiments.wgan_gp; "
+          "print(os.environ['XLA_FLAGS']); print(l.configure_cpu()); "
+          "print(os.environ['XLA_FLAGS'])")
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  before, in_force, after = result.stdout.split("\n")[:3]
+  assert before == "--xla_dump_to=/nonexistent"
+  if jax.__version__ == "0.10.2":
+    assert in_force == "True" and after == before + " " + "--xla_cpu_experimental_ynn_fusion_" \
+        "type=-individual_convolution"
+  else:
+    assert in_force == "False" and after == before

@@ -1,0 +1,159 @@
+"""What every training program shares, as plain functions (in the spirit of big_vision's train.py
+helpers): the common settings, the checks and setup before any compilation, resume, and JAX's
+process-wide configuration. Each program in experiments/ is a short explicit loop over these and
+its family's step function; there is no Trainer class.
+
+    config, devices, source = training.setup(Config.from_flags(), "wgan_gp")
+    state, start = training.resume(checkpoints, state, batches_per_step=config.n_critic)
+    for step in range(start, config.steps): ...
+"""
+
+import dataclasses
+import os
+import sys
+
+from jaxgen import data, parallel
+from jaxgen.flags import setting
+from jaxgen.layers import PRECISIONS
+
+# Persistent compilation cache: a resumed or repeated run loads its compiled steps instead of
+# compiling them again. JAXGEN_COMPILATION_CACHE= (empty) turns it off.
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "jaxgen", "xla")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The settings every program has; each program's frozen `Config` extends this class (and may
+  give a field another default). A value of 0 in an automatic setting is resolved once, by
+  `resolved()`, and saved resolved in config.json, so a later change of a default never changes
+  a run that is resumed."""
+  dataset: str = setting("blobs1", "blobs1 | blobs10 | an image dataset (docs/datasets.md)")
+  image_size: int = setting(0, "image height and width; 0 picks 64 for celeba and imagenette, "
+                               "32 otherwise")
+  batch_size: int = setting(0, "global batch per update, split over the devices; 0 picks the "
+                               "program's default")
+  steps: int = setting(3000, "updates to train for")
+  seed: int = setting(0, "seed of initialisation, noise and data order")
+  workdir: str = setting("runs/run", "where the run's files go; an existing run is resumed")
+  num_devices: int = setting(0, "devices to split each batch over with pmap; 0 means all")
+  log_every: int = setting(50, "steps between metrics.jsonl rows and progress updates")
+  sample_every: int = setting(500, "steps between sample grids")
+  checkpoint_every: int = setting(500, "steps between checkpoints")
+  keep_checkpoints: int = setting(3, "newest checkpoints kept")
+  blob_width: float = setting(1.5, "blob PSF standard deviation in pixels")
+  blob_amplitude: float = setting(1.0, "blob peak brightness")
+  data_dir: str = setting("", "where image datasets are prepared and cached (default: TFDS's)")
+  precision: str = setting("float32", "float32 | bfloat16: the networks' computation dtype; "
+                                      "parameters, optimizer and losses stay float32")
+
+  # Settings that must be positive, and automatic ones (0 = resolved by `automatic`).
+  POSITIVE = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
+  AUTOMATIC = ("image_size", "batch_size", "num_devices")
+
+  def __post_init__(self):
+    for name in self.POSITIVE:
+      if getattr(self, name) <= 0:
+        raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+    for name in self.AUTOMATIC:
+      if getattr(self, name) < 0:
+        raise ValueError(f"--{name} must be 0 (automatic) or positive, got {getattr(self, name)}")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
+                       f"{self.precision!r}")
+    if self.num_devices and self.batch_size:
+      parallel.check_split(self.batch_size, self.num_devices)
+    data.check_name(self.dataset)
+
+  def automatic(self) -> dict:
+    """The values the automatic settings take when given as 0 (programs extend this)."""
+    return {"image_size": data.default_image_size(self.dataset), "batch_size": 64}
+
+  def resolved(self, saved: dict = None):
+    """This config with every automatic 0 replaced: by the value a saved run had (`saved`, its
+    config.json), else by `automatic()`. num_devices stays 0 (all devices): it may change on
+    resume."""
+    saved = saved or {}
+    auto = self.automatic()
+    values = {k: saved.get(k) or v for k, v in auto.items()
+              if k != "num_devices" and not getattr(self, k)}
+    return dataclasses.replace(self, **values)
+
+
+def setup(config: Settings, model: str):
+  """Every check that can fail on user input, before any compilation: resolves the automatic
+  settings (keeping a resumed run's), picks the devices, opens the data and writes config.json
+  (or refuses a work directory that holds another run, leaving it as it is).
+
+  Returns (resolved config, devices, data source)."""
+  from jaxgen import workdir
+
+  config = config.resolved(workdir.saved_settings(config.workdir))
+  devices = parallel.select_devices(config.num_devices)
+  parallel.check_split(config.batch_size, len(devices))
+  source = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
+                     seed=config.seed, blob_width=config.blob_width,
+                     blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None)
+  workdir.prepare(config, model, source)
+  return config, devices, source
+
+
+def due(done: int, every: int, total: int) -> bool:
+  """True at every `every`-th step and at the last one."""
+  return done % every == 0 or done == total
+
+
+def resume(checkpoints, state, *, batches_per_step: int):
+  """(state, first step) from the latest checkpoint, or (state, 0) for a new run.
+
+  The checkpoint's data position must be the one its step implies: a mismatch means the
+  checkpoint was written by a different program or setting, and is an error, not a guess."""
+  if checkpoints.latest_step() is None:
+    return state, 0
+  state, meta = checkpoints.restore(state)
+  start = int(state.step)
+  if meta.get("data_position") != start * batches_per_step:
+    raise ValueError(
+        f"the checkpoint of step {start} in {checkpoints.directory} was taken at data position "
+        f"{meta.get('data_position')}, not {start * batches_per_step}: it belongs to a run with "
+        f"other settings; choose a new --workdir")
+  print(f"resuming {os.path.dirname(checkpoints.directory)} from step {start}", file=sys.stderr)
+  return state, start
+
+
+def configure_jax(cache_dir: str = None) -> None:
+  """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
+  the XLA:CPU convolution setting jaxgen's layers are tuned for, and the persistent compilation
+  cache (`cache_dir`, default $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables)."""
+  import jax
+  from jaxgen import layers
+
+  layers.configure_cpu()
+  if cache_dir is None:
+    cache_dir = os.environ.get("JAXGEN_COMPILATION_CACHE", DEFAULT_CACHE)
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    # Every step function is worth caching; tiny helper programs are not.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def run_program(config_cls, model: str, train) -> None:
+  """The `__main__` of a training program: flags from `config_cls`'s fields, then in order the
+  settings' checks, JAX's configuration, `setup` and `train(config, devices, source)`. Bad input
+  ends in one line on stderr, before anything is compiled or written."""
+  from absl import app, logging
+  from jaxgen.flags import define_flags, from_flags
+
+  def main(argv):
+    if len(argv) > 1:
+      sys.exit(f"error: unexpected arguments {argv[1:]}; settings are --flags (see --help)")
+    logging.set_verbosity(logging.WARNING)  # orbax reports every save step at INFO
+    try:
+      config = from_flags(config_cls)
+      configure_jax()  # before `setup` starts JAX's backend
+      config, devices, source = setup(config, model)
+    except (ValueError, FileNotFoundError) as e:
+      sys.exit(f"error: {e}")
+    train(config, devices, source)
+
+  define_flags(config_cls)
+  app.run(main)
