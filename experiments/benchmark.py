@@ -155,10 +155,10 @@ def main(argv):
     extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs,
              "precision": FLAGS.precision}
   if case.startswith("loader_"):
-    from jaxgen import image_datasets
+    from jaxgen import image_source
     # Enough batches to time: one batch takes well under a millisecond.
-    result = image_datasets.loader_benchmark(case[len("loader_"):], FLAGS.batch,
-                                             data_dir=FLAGS.data_dir, steps=max(FLAGS.steps, 200))
+    result = image_source.loader_benchmark(case[len("loader_"):], FLAGS.batch,
+                                           data_dir=FLAGS.data_dir, steps=max(FLAGS.steps, 200))
     result["compile_s"] = 0.0
   elif case == "wgan_gp_32":
     result = wgan_gp_case(32, 1, FLAGS.batch, FLAGS.steps, FLAGS.warmup)

@@ -1,6 +1,10 @@
-"""Gaussian-blob images: shapes, reproducibility, and statistics against their closed forms."""
+"""Gaussian-blob images: shapes, reproducibility, statistics against their closed forms, and the
+source's train and test splits."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -87,6 +91,76 @@ def test_source_is_a_pure_function_of_seed_and_index():
   assert not np.array_equal(a.batch(0), other.batch(0))
   x = a.batch(2)
   assert x.shape == (8, 16, 16, 1) and x.min() >= -1.0 and x.max() <= 1.0
+
+
+def test_train_batches_are_the_bare_seed_stream():
+  # Runs from before splits existed resume on the same batches: batch i is rng([seed, i])'s.
+  source = data.load("blobs10", image_size=16, batch_size=8, seed=5)
+  images, _ = blob_images(np.random.default_rng([5, 3]), 8, source.spec)
+  np.testing.assert_array_equal(source.batch(3), data.to_model_range(images, source.pixel_range))
+
+
+def _centres(stream):
+  """Each blobs1 image's identity: its blob centre (fixed width and amplitude)."""
+  return {tuple(c) for c in np.concatenate(stream).reshape(-1, 2)}
+
+
+def test_test_split_is_deterministic_and_disjoint_from_train():
+  kwargs = dict(image_size=8, batch_size=16, seed=5)
+  train = data.load("blobs1", split="train", **kwargs)
+  test = data.load("blobs1", split="test", **kwargs)
+  again = data.load("blobs1", split="test", **kwargs)
+  assert (train.split, test.split) == ("train", "test")
+  for i in (0, 7, 3):
+    np.testing.assert_array_equal(test.batch(i), again.batch(i))
+    np.testing.assert_array_equal(test.eval_batch(i)[0], again.eval_batch(i)[0])
+  streams = {  # 800 images of each of the four streams
+      "train batches": [train.batch_with_truth(i)[1]["centres"] for i in range(50)],
+      "test batches": [test.batch_with_truth(i)[1]["centres"] for i in range(50)],
+      "train eval": [train.eval_batch_with_truth(i)[1]["centres"] for i in range(50)],
+      "test eval": [test.eval_batch_with_truth(i)[1]["centres"] for i in range(50)]}
+  centres = {name: _centres(stream) for name, stream in streams.items()}
+  assert all(len(c) == 800 for c in centres.values())
+  assert len(set.union(*centres.values())) == 4 * 800  # no image in two streams
+  # An image is its truth: the batch is the blobs drawn at those centres.
+  np.testing.assert_array_equal(test.eval_batch(2)[0], data.to_model_range(
+      test.eval_batch_with_truth(2)[0], test.pixel_range))
+
+
+def test_eval_set_is_fixed_whatever_the_batch_size():
+  by_64 = data.load("blobs1", image_size=8, batch_size=64, seed=2, split="test")
+  by_100 = data.load("blobs1", image_size=8, batch_size=100, seed=2, split="test")
+  assert by_64.num_examples == by_100.num_examples == data.BLOB_EVAL_EXAMPLES == 10000
+  assert (by_64.batches_per_epoch, by_100.batches_per_epoch) == (157, 100)
+  batches = [by_64.eval_batch(i) for i in range(157)]
+  assert len(batches[-1][0]) == 10000 - 156 * 64 and all(labels is None for _, labels in batches)
+  whole = np.concatenate([images for images, _ in batches])
+  assert whole.shape == (10000, 8, 8, 1)
+  np.testing.assert_array_equal(
+      whole, np.concatenate([by_100.eval_batch(i)[0] for i in range(100)]))
+  assert len(np.unique(whole.reshape(10000, -1), axis=0)) == 10000  # each image once
+  np.testing.assert_array_equal(by_64.eval_batch(5)[0], whole[320:384])  # random access
+  with pytest.raises(IndexError, match=r"eval_batch\(157\): the blob test split has 157 "):
+    by_64.eval_batch(157)
+
+
+def test_bad_split_is_a_one_line_error():
+  with pytest.raises(ValueError, match="unknown split='valid'; choose 'train' or 'test'") as error:
+    data.load("blobs1", image_size=8, batch_size=2, seed=0, split="valid")
+  assert "\n" not in str(error.value)
+  with pytest.raises(ValueError, match="unknown split='Train'"):
+    data.BlobSource(BlobSpec(), 2, 0, split="Train")
+
+
+def test_blob_runs_do_not_import_tensorflow():
+  code = ("import sys; from jaxgen import data; data.check_name('blobs1'); data.dataset_names(); "
+          "data.load('blobs1', image_size=8, batch_size=2, seed=0).batch(0); "
+          "data.load('blobs1', image_size=8, batch_size=2, seed=0, split='test').eval_batch(0); "
+          "loaded = [m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules]; "
+          "assert not loaded, loaded")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert done.returncode == 0, done.stderr
 
 
 def test_model_range_round_trip():

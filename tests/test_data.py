@@ -1,9 +1,60 @@
-"""The prefetching stream and the device layout of batches."""
+"""The sources' splits and whole-split access, the prefetching stream, the device layout of
+batches."""
+
+import os
 
 import numpy as np
 import pytest
 
-from jaxgen import data, parallel
+from jaxgen import data, parallel, pixels
+
+
+def test_pixel_mapping_is_reexported_by_data():
+  assert data.to_model_range is pixels.to_model_range
+  assert data.from_model_range is pixels.from_model_range
+
+
+@pytest.mark.parametrize("dataset", ["blobs10", "mnist", "celeba", "npy"])
+def test_bad_split_is_a_one_line_error_before_any_work(dataset, tmp_path):
+  if dataset == "npy":
+    np.save(tmp_path / "a.npy", np.zeros((4, 8, 8), np.uint8))
+    dataset = f"npy:{tmp_path / 'a.npy'}"
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(ValueError, match="unknown split='validation'; choose 'train' or 'test'") \
+      as error:
+    data.load(dataset, image_size=8, batch_size=2, seed=0, split="validation",
+              data_dir=str(data_dir))
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(data_dir)  # nothing prepared or cached
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz"])
+def test_users_images_have_one_split(kind, tmp_path):
+  path = tmp_path / f"a.{kind}"
+  images = np.zeros((4, 8, 8), np.uint8)
+  if kind == "npy":
+    np.save(path, images)
+  else:
+    np.savez(path, images=images)
+  with pytest.raises(data.DatasetError, match=r"one split, 'train'.*move some to another folder") \
+      as error:
+    data.load(f"{kind}:{path}", image_size=8, batch_size=2, seed=0, split="test",
+              data_dir=str(tmp_path))
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(tmp_path / "jaxgen_cache")
+
+
+def test_users_images_whole_split_in_order_with_labels(tmp_path):
+  ids = np.arange(11)
+  np.savez(tmp_path / "digits.npz", images=np.broadcast_to(
+      (ids * 20).astype(np.uint8)[:, None, None], (11, 4, 4)), labels=ids + 100)
+  source = data.load(f"npz:{tmp_path / 'digits.npz'}", image_size=4, batch_size=4, seed=1,
+                     data_dir=str(tmp_path))
+  assert (source.split, source.num_examples, source.batches_per_epoch) == ("train", 11, 3)
+  images, labels = zip(*[source.eval_batch(i) for i in range(source.batches_per_epoch)])
+  np.testing.assert_array_equal(np.concatenate(labels), ids + 100)
+  np.testing.assert_allclose(np.concatenate(images)[:, 0, 0, 0], ids * 20 / 127.5 - 1, atol=1e-6)
+  assert [len(x) for x in images] == [4, 4, 3]
 
 
 def test_prefetch_yields_in_order_from_the_start_index():
