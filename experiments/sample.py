@@ -78,27 +78,6 @@ def draw_samples(workdir_path: str, num_samples: int, seed: int = 0, chunk: int 
   return data.from_model_range(images, settings["pixel_range"]), settings, step
 
 
-def latent_grid(kind: str, latent_shape, key, rows: int = 8, columns: int = 8):
-  """Latents of an interpolation grid (`rows` pairs of random latents, `columns` points from one
-  to the other) or a sweep (one row per latent dimension across [-3, 3], the rest at a random
-  draw); returns (latents, columns)."""
-  import jax
-  import numpy as np
-  from jaxgen import latent
-
-  if len(latent_shape) != 1:
-    raise ValueError(f"--grid={kind} needs a vector latent; this run's latent has shape "
-                     f"{tuple(latent_shape)}")
-  if kind == "interpolation":
-    ends = np.asarray(jax.random.normal(key, (2, rows, *latent_shape)))
-    z = np.concatenate([latent.interpolation_latents(ends[0, r], ends[1, r], columns)
-                        for r in range(rows)])
-    return z, columns
-  values = np.linspace(-3.0, 3.0, columns)
-  base = np.asarray(jax.random.normal(key, latent_shape))
-  return latent.sweep_latents(base, values), columns
-
-
 def write_samples(workdir_path: str, num_samples: int, out: str, seed: int = 0,
                   chunk: int = 256, grid: str = "samples", rows: int = 8) -> str:
   import jax
@@ -110,12 +89,16 @@ def write_samples(workdir_path: str, num_samples: int, out: str, seed: int = 0,
   if grid not in GRIDS:
     raise ValueError(f"--grid must be one of {', '.join(GRIDS)}, got {grid!r}")
   if grid != "samples":
-    generate, latent_shape, settings, step = load_sampler(workdir_path)
-    z, columns = latent_grid(grid, latent_shape, jax.random.PRNGKey(seed), rows)
-    images = _generate_in_chunks(generate, z, chunk)
+    from jaxgen import gan_training
     if not out.endswith(".png"):
       raise ValueError(f"--grid={grid} writes a picture: give --out a .png name")
-    report.save_png(out, report.sample_grid((images + 1.0) / 2.0, columns),
+    generate, latent_shape, settings, step = load_sampler(workdir_path)
+    if len(latent_shape) != 1:
+      raise ValueError(f"--grid={grid} needs a vector latent; this run's latent has shape "
+                       f"{latent_shape}")
+    grids = gan_training.latent_grids(generate, latent_shape[0], jax.random.PRNGKey(seed), rows)
+    images = np.asarray(grids[GRIDS.index(grid) - 1])
+    report.save_png(out, report.sample_grid((images + 1.0) / 2.0, 8),
                     max(1, 128 // images.shape[1]))
     return f"wrote a {grid} grid of {len(images)} images of step {step} to {out}"
   images, settings, step = draw_samples(workdir_path, num_samples, seed, chunk)

@@ -11,11 +11,9 @@ from its latest checkpoint.
 
 import dataclasses
 import functools
-import os
 
-from jaxgen import dcgan, training
+from jaxgen import dcgan, gan_training, training
 from jaxgen.flags import setting
-from jaxgen.layers import PRECISIONS
 
 MODEL = "wgan_gp"
 CURVES = ["critic_loss", "generator_loss", "wasserstein", "gradient_penalty", "grad_norm"]
@@ -48,73 +46,32 @@ class Config(training.Settings):
   def automatic(self) -> dict:
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "batch_size": 32 if blobs else 64,
-            "width": 32 if blobs else 64,
-            "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
+            **gan_training.dcgan_automatic(self.dataset)}
 
 
-def networks(config: Config, channels: int, axis_name=None):
-  dtype = PRECISIONS[config.precision]
-  generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
-                              axis_name=axis_name, dtype=dtype)
-  return generator, dcgan.Critic(config.image_size, config.width, dtype=dtype)
+networks = functools.partial(gan_training.dcgan_networks, critic=True)
 
 
-def sampler(config: Config, image_shape):
-  """(latent shape, generate(checkpointed state as a dict, z) -> images in [-1, 1])."""
-  from jaxgen import gan
-  generator, _ = networks(config, image_shape[-1])
-  return (config.latent_dim,), functools.partial(gan.generate_from_tree, generator)
+def optimizers(config: Config):
+  from jaxgen import wgan_gp
+  optimizer = wgan_gp.optimizer(config.learning_rate)  # the paper's Adam for both networks
+  return optimizer, optimizer
+
+
+def step(config: Config, generator, critic, g_optimizer, d_optimizer):
+  from jaxgen import wgan_gp
+  return functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
+                           optimizer=g_optimizer, gp_weight=config.gp_weight)
+
+
+sampler = gan_training.sampler_of(networks)
 
 
 def train(config: Config, devices=None, source=None) -> dict:
   """Trains (or resumes) the run of `config`; returns the metrics of the last logged step."""
-  # Heavy imports after the checks of `setup`, so that bad flags fail fast.
-  import jax
-  import numpy as np
-  from jaxgen import checkpoint, gan, parallel, report, wgan_gp
-
-  if devices is None:
-    config, devices, source = training.setup(config, MODEL)
-  generator, critic = networks(config, source.image_shape[-1], axis_name=parallel.AXIS)
-  optimizer = wgan_gp.optimizer(config.learning_rate)
-  init_key, train_key, sample_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-  state = gan.init_state(init_key, generator=generator, discriminator=critic,
-                         optimizer=optimizer, image_shape=source.image_shape)
-  checkpoints = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"),
-                                       config.keep_checkpoints)
-  state, start = training.resume(checkpoints, state, batches_per_step=config.n_critic)
-
-  step_fn = parallel.pmap_step(functools.partial(
-      wgan_gp.train_step, generator=generator, critic=critic, optimizer=optimizer,
-      gp_weight=config.gp_weight, axis_name=parallel.AXIS), devices)
-  sample_fn = jax.jit(functools.partial(gan.generate, generator))
-  fixed_z = jax.random.normal(sample_key, (64, config.latent_dim))
-  n = config.n_critic  # batches per generator step, stacked on a leading axis
-
-  writer = report.Writer(config.workdir, config.steps, start, config.image_size)
-  writer.grid("real.png", source.batch(0)[:64])
-  batches = parallel.device_batches(
-      lambda step: np.stack([source.batch(step * n + i) for i in range(n)]), devices, start,
-      batch_axis=1)
-  state = parallel.replicate(state, devices)
-  last = {}
-  try:
-    for step in range(start, config.steps):
-      state, metrics = step_fn(state, next(batches), train_key)
-      done = step + 1
-      if training.due(done, config.log_every, config.steps) or training.due(
-          done, config.checkpoint_every, config.steps):
-        last = writer.metrics(done, parallel.first(metrics), n * config.batch_size)
-      if training.due(done, config.sample_every, config.steps):
-        writer.grid(f"step_{done:06d}.png", sample_fn(parallel.unreplicate(state), fixed_z))
-        writer.curves(CURVES, f"WGAN-GP on {config.dataset}")
-      if training.due(done, config.checkpoint_every, config.steps):
-        checkpoints.save(done, parallel.to_host(state), {"data_position": done * n})
-  finally:
-    batches.close()
-    writer.close()
-    checkpoints.close()
-  return last
+  return gan_training.train(config, model=MODEL, networks=networks, optimizers=optimizers,
+                            step=step, batches_per_step=config.n_critic, curves=CURVES,
+                            title="WGAN-GP", devices=devices, source=source)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,176 @@
+"""The training loop of every GAN program (GAN, DCGAN, WGAN, WGAN-GP): k discriminator or critic
+batches per generator update, a generator to sample from fixed noise, and the shared run files.
+
+A program gives its networks, its two optimizers and its step; this loop does the rest, the same
+way for all of them (resume, pmap, prefetch, metrics, grids, plots, checkpoints):
+
+    train(config, model="dcgan", networks=networks, optimizers=optimizers, step=step,
+          batches_per_step=config.d_steps, curves=["d_loss", "g_loss"], title="DCGAN")
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Callable
+
+from jaxgen import training
+from jaxgen.flags import setting
+
+GENERATOR_LOSSES = ("non_saturating", "minimax")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings(training.Settings):
+  """The settings of the original GAN's losses (Goodfellow et al. 2014), for GAN and DCGAN."""
+  loss: str = setting("non_saturating", "generator loss: non_saturating (-log D(G(z))) | "
+                                        "minimax (log(1 - D(G(z))), minimised)")
+  real_label: str = setting("1.0", "the discriminator's target for real images: a value, or "
+                                   "low,high to draw each uniformly (one-sided label smoothing, "
+                                   "e.g. 0.7,0.9)")
+  d_steps: int = setting(1, "discriminator updates per generator update (k of Algorithm 1)")
+
+  POSITIVE = training.Settings.POSITIVE + ("d_steps",)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.loss not in GENERATOR_LOSSES:
+      raise ValueError(f"--loss must be one of {', '.join(GENERATOR_LOSSES)}, got {self.loss!r}")
+    self.real_labels  # a one-line error for a bad --real_label
+
+  @property
+  def real_labels(self) -> tuple:
+    """(low, high) of the real labels: equal for a fixed value."""
+    try:
+      values = [float(v) for v in self.real_label.split(",")]
+    except ValueError:
+      values = []
+    if len(values) == 1:
+      values *= 2
+    if len(values) != 2 or not 0.0 <= values[0] <= values[1] <= 1.0:
+      raise ValueError(f"--real_label must be a value or low,high within [0, 1] (e.g. 1.0 or "
+                       f"0.7,0.9), got {self.real_label!r}")
+    return tuple(values)
+
+
+def dcgan_automatic(dataset: str) -> dict:
+  """Width and latent size of the DCGAN-style networks when given as 0: DCGAN's 64 and 100, or
+  32 channels and a latent of 32 (one blob) or 64 (ten blobs) for the blob images."""
+  blobs = dataset.startswith("blobs")
+  return {"width": 32 if blobs else 64,
+          "latent_dim": {"blobs1": 32, "blobs10": 64}.get(dataset, 100)}
+
+
+def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
+  """The DCGAN generator and a Wasserstein critic (`critic=True`) or DCGAN's discriminator, of
+  `config`'s image size, width, latent size and precision."""
+  from jaxgen import dcgan
+  from jaxgen.layers import PRECISIONS
+
+  dtype = PRECISIONS[config.precision]
+  generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
+                              axis_name=axis_name, dtype=dtype)
+  if critic:
+    return generator, dcgan.Critic(config.image_size, config.width, dtype=dtype)
+  return generator, dcgan.Discriminator(config.image_size, config.width, axis_name=axis_name,
+                                        dtype=dtype)
+
+
+def gan_step(config: LossSettings, generator, discriminator, g_optimizer, d_optimizer):
+  """The original GAN's step (`jaxgen.gan.train_step`) with `config`'s loss and real labels."""
+  from jaxgen import gan
+  return functools.partial(gan.train_step, generator=generator, discriminator=discriminator,
+                           g_optimizer=g_optimizer, d_optimizer=d_optimizer, loss=config.loss,
+                           real_label=config.real_labels)
+
+
+def sampler_of(networks: Callable) -> Callable:
+  """A program's `sampler(config, image_shape)` from its `networks`: (latent shape,
+  generate(checkpointed state as a dict, z) -> images in [-1, 1])."""
+  def sampler(config, image_shape):
+    from jaxgen import gan
+    generator, _ = networks(config, image_shape[-1])
+    return (generator.latent_dim,), functools.partial(gan.generate_from_tree, generator)
+  return sampler
+
+
+def latent_grids(generate: Callable, latent_dim: int, key, rows: int = 8, columns: int = 8):
+  """(interpolation images, sweep images): `rows` rows between pairs of random latents, and one
+  row per latent dimension (at most 32) across [-3, 3] with the others at one random draw."""
+  import jax
+  import numpy as np
+  from jaxgen import latent
+
+  k_ends, k_base = jax.random.split(key)
+  ends = np.asarray(jax.random.normal(k_ends, (2, rows, latent_dim)))
+  z = np.concatenate([latent.interpolation_latents(ends[0, r], ends[1, r], columns)
+                      for r in range(rows)])
+  base = np.asarray(jax.random.normal(k_base, (latent_dim,)))
+  sweep = latent.sweep_latents(base, np.linspace(-3.0, 3.0, columns),
+                               dims=range(min(latent_dim, 32)))
+  return generate(z), generate(sweep)
+
+
+def train(config, *, model: str, networks: Callable, optimizers: Callable, step: Callable,
+          batches_per_step: int, curves: list, title: str, devices=None, source=None) -> dict:
+  """Trains (or resumes) the run of `config`; returns the metrics of the last logged step.
+
+  networks(config, channels, axis_name) -> (generator, discriminator)
+  optimizers(config) -> (generator's optimizer, discriminator's)
+  step(config, generator, discriminator, g_optimizer, d_optimizer) -> the family's train_step
+    with everything but `axis_name` bound: fn(state, real, key, *, axis_name), `real` of shape
+    (batches_per_step, batch, H, W, C).
+  """
+  # Heavy imports after the checks of `setup`, so that bad flags fail fast.
+  import jax
+  import numpy as np
+  from jaxgen import checkpoint, gan, parallel, report
+
+  if devices is None:
+    config, devices, source = training.setup(config, model)
+  generator, discriminator = networks(config, source.image_shape[-1], parallel.AXIS)
+  g_optimizer, d_optimizer = optimizers(config)
+  init_key, train_key, sample_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+  state = gan.init_state(init_key, generator=generator, discriminator=discriminator,
+                         g_optimizer=g_optimizer, d_optimizer=d_optimizer,
+                         image_shape=source.image_shape)
+  checkpoints = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"),
+                                       config.keep_checkpoints)
+  n = batches_per_step
+  state, start = training.resume(checkpoints, state, batches_per_step=n)
+
+  step_fn = parallel.pmap_step(functools.partial(
+      step(config, generator, discriminator, g_optimizer, d_optimizer),
+      axis_name=parallel.AXIS), devices)
+  sample_fn = jax.jit(functools.partial(gan.generate, generator))
+  fixed_z = jax.random.normal(sample_key, (64, generator.latent_dim))
+
+  writer = report.Writer(config.workdir, config.steps, start, config.image_size)
+  writer.grid("real.png", source.batch(0)[:64])
+  batches = parallel.device_batches(
+      lambda i: np.stack([source.batch(i * n + j) for j in range(n)]), devices, start,
+      batch_axis=1)
+  state = parallel.replicate(state, devices)
+  last = {}
+  try:
+    for i in range(start, config.steps):
+      state, metrics = step_fn(state, next(batches), train_key)
+      done = i + 1
+      if training.due(done, config.log_every, config.steps) or training.due(
+          done, config.checkpoint_every, config.steps):
+        last = writer.metrics(done, parallel.first(metrics), n * config.batch_size)
+      if training.due(done, config.sample_every, config.steps):
+        writer.grid(f"step_{done:06d}.png", sample_fn(parallel.unreplicate(state), fixed_z))
+        writer.curves(curves, f"{title} on {config.dataset}")
+      if training.due(done, config.checkpoint_every, config.steps):
+        checkpoints.save(done, parallel.to_host(state), {"data_position": done * n})
+    if start < config.steps:  # what each latent direction does, at the end of training
+      generate = functools.partial(sample_fn, parallel.unreplicate(state))
+      interpolation, sweep = latent_grids(generate, generator.latent_dim, sample_key)
+      writer.grid("interpolation.png", interpolation)
+      writer.grid("sweep.png", sweep)
+  finally:
+    batches.close()
+    writer.close()
+    checkpoints.close()
+  return last
+
