@@ -33,8 +33,9 @@ class MetricsLog:
     elif not resume_step:
       open(path, "w").close()
 
-  def write(self, step: int, metrics: dict) -> None:
-    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+  def write(self, step: int, metrics: dict, labels: dict = None) -> None:
+    """One row: `step`, any `labels` (e.g. epoch and split) as they are, metrics as floats."""
+    row = {"step": int(step), **(labels or {}), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
 
@@ -147,6 +148,12 @@ class Writer:
     if images_per_step:
       extra["images_per_s"] = rate * images_per_step
     self.log.write(step, {**row, **extra})
+    return row
+
+  def evaluation(self, step: int, metrics: dict, **labels) -> dict:
+    """A row of an evaluation (labels such as epoch=3, split="test"), not a progress update."""
+    row = {k: float(v) for k, v in metrics.items()}
+    self.log.write(step, row, labels)
     return row
 
   def grid(self, name: str, images, columns: int = 8) -> str:
