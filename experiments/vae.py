@@ -55,6 +55,8 @@ class Config(training.Settings):
                                "(Burda et al. 2015; 100 or more); 0 skips it")
   manifold_dims: str = setting("0,1", "the two latent dimensions of the manifold picture")
   sample_every: int = setting(500, "steps between sample grids from the prior")
+  eval_examples: int = setting(0, "examples of each split evaluated after every epoch; 0 means "
+                                  "the whole test split and the first 10,000 training examples")
 
   POSITIVE = ("log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
   AUTOMATIC = training.Settings.AUTOMATIC + ("steps", "epochs", "latent_dim")
@@ -67,9 +69,10 @@ class Config(training.Settings):
     if self.likelihood:
       vae.check_likelihood(self.likelihood)
     vae.optimizer(self.optimizer)  # a one-line error for an unknown name
-    if self.learning_rate <= 0 or self.beta < 0 or self.iw_samples < 0:
-      raise ValueError(f"--learning_rate must be positive and --beta and --iw_samples "
-                       f"non-negative, got {self.learning_rate}, {self.beta}, {self.iw_samples}")
+    if self.learning_rate <= 0 or min(self.beta, self.iw_samples, self.eval_examples) < 0:
+      raise ValueError(f"--learning_rate must be positive and --beta, --iw_samples and "
+                       f"--eval_examples non-negative, got {self.learning_rate}, {self.beta}, "
+                       f"{self.iw_samples}, {self.eval_examples}")
     self.widths, self.manifold  # one-line errors for malformed lists
 
   def automatic(self) -> dict:
@@ -197,10 +200,12 @@ def train(config: Config, devices=None, source=None) -> dict:
         epoch = done / per_epoch
         epoch = int(epoch) if epoch == int(epoch) else round(epoch, 3)
         key = jax.random.fold_in(eval_key, done)
-        writer.evaluation(done, evaluate(eval_fn, params, source, key, TRAIN_EVAL_EXAMPLES),
+        train_limit = config.eval_examples or TRAIN_EVAL_EXAMPLES
+        writer.evaluation(done, evaluate(eval_fn, params, source, key, train_limit),
                           epoch=epoch, split="train")
-        last = writer.evaluation(done, evaluate(eval_fn, params, test, key), epoch=epoch,
-                                 split="test")
+        last = writer.evaluation(done, evaluate(eval_fn, params, test, key,
+                                                config.eval_examples or None),
+                                 epoch=epoch, split="test")
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(parallel.unreplicate(state).params, fixed_z))
         writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "
@@ -234,13 +239,23 @@ def importance_log_likelihood(config, model, params, test, key) -> float:
   total, count = 0.0, 0
   for i in range(test.batches_per_epoch):
     images, _ = test.eval_batch(i)
+    images = images[:max(0, (config.eval_examples or test.num_examples) - count)]
     n = len(images)
+    if n == 0:
+      break
     padded = np.zeros((test.batch_size, *images.shape[1:]), np.float32)
     padded[:n] = images
     total += float(np.sum(np.asarray(estimate(params, padded, jax.random.fold_in(key, i)))[:n],
                           dtype=np.float64))
     count += n
   return total / count
+
+
+def first_examples(source, n: int):
+  """The first `n` examples of a split, in its fixed order."""
+  import numpy as np
+  batches = [source.eval_batch(i)[0] for i in range(-(-n // source.batch_size))]
+  return np.concatenate(batches)[:n]
 
 
 def analyses(config: Config, writer, model, params, test, key) -> None:
@@ -250,8 +265,7 @@ def analyses(config: Config, writer, model, params, test, key) -> None:
   from jaxgen import gan_training, latent, vae
 
   generate = jax.jit(functools.partial(vae.generate, model=model, likelihood=config.likelihood))
-  images, _ = test.eval_batch(0)
-  images = images[:32]
+  images = first_examples(test, 32)
   recon = np.asarray(vae.reconstruct(params, images, model=model, likelihood=config.likelihood))
   # rows of 8: inputs, then their reconstructions beneath
   pairs = np.stack([images.reshape(4, 8, *images.shape[1:]),
