@@ -130,29 +130,6 @@ def sampler(config: Config, image_shape):
       tree["params"], z, model=model, likelihood=config.likelihood)
 
 
-def evaluate(eval_fn, params, source, key, limit=None) -> dict:
-  """Means over a split (its first `limit` examples) of the per-example ELBO terms; the short last
-  batch is padded to the batch shape (one trace) and the padding dropped."""
-  import jax
-  import numpy as np
-  sums, count = {}, 0
-  for i in range(source.batches_per_epoch):
-    images, _ = source.eval_batch(i)
-    if limit is not None:
-      images = images[:max(0, limit - count)]
-    n = len(images)
-    if n == 0:
-      break
-    padded = np.zeros((source.batch_size, *images.shape[1:]), np.float32)
-    padded[:n] = images
-    terms = eval_fn(params, padded, jax.random.fold_in(key, i))
-    for k, v in terms.items():
-      if k != "loss":
-        sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v)[:n], dtype=np.float64))
-    count += n
-  return {k: v / count for k, v in sums.items()}
-
-
 def train(config: Config, devices=None, source=None) -> dict:
   """Trains (or resumes) the run of `config`; returns the last test-split evaluation."""
   import os
@@ -200,12 +177,13 @@ def train(config: Config, devices=None, source=None) -> dict:
         epoch = done / per_epoch
         epoch = int(epoch) if epoch == int(epoch) else round(epoch, 3)
         key = jax.random.fold_in(eval_key, done)
+        evaluate = functools.partial(eval_fn, params)
         train_limit = config.eval_examples or TRAIN_EVAL_EXAMPLES
-        writer.evaluation(done, evaluate(eval_fn, params, source, key, train_limit),
+        writer.evaluation(done, training.split_means(evaluate, source, key, train_limit),
                           epoch=epoch, split="train")
-        last = writer.evaluation(done, evaluate(eval_fn, params, test, key,
-                                                config.eval_examples or None),
-                                 epoch=epoch, split="test")
+        last = writer.evaluation(
+            done, training.split_means(evaluate, test, key, config.eval_examples or None),
+            epoch=epoch, split="test")
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(parallel.unreplicate(state).params, fixed_z))
         writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "
@@ -229,33 +207,15 @@ def train(config: Config, devices=None, source=None) -> dict:
 def importance_log_likelihood(config, model, params, test, key) -> float:
   """Mean over the test split of the importance-sampled log p(x), in nats."""
   import jax
-  import numpy as np
   from jaxgen import vae
 
   chunk = math.gcd(config.iw_samples, 50)
   estimate = jax.jit(functools.partial(vae.importance_log_likelihood, model=model,
                                        likelihood=config.likelihood,
                                        num_samples=config.iw_samples, samples_per_chunk=chunk))
-  total, count = 0.0, 0
-  for i in range(test.batches_per_epoch):
-    images, _ = test.eval_batch(i)
-    images = images[:max(0, (config.eval_examples or test.num_examples) - count)]
-    n = len(images)
-    if n == 0:
-      break
-    padded = np.zeros((test.batch_size, *images.shape[1:]), np.float32)
-    padded[:n] = images
-    total += float(np.sum(np.asarray(estimate(params, padded, jax.random.fold_in(key, i)))[:n],
-                          dtype=np.float64))
-    count += n
-  return total / count
-
-
-def first_examples(source, n: int):
-  """The first `n` examples of a split, in its fixed order."""
-  import numpy as np
-  batches = [source.eval_batch(i)[0] for i in range(-(-n // source.batch_size))]
-  return np.concatenate(batches)[:n]
+  per_example = lambda x, k: {"log_likelihood": estimate(params, x, k)}
+  return training.split_means(per_example, test, key, config.eval_examples or None)[
+      "log_likelihood"]
 
 
 def analyses(config: Config, writer, model, params, test, key) -> None:
@@ -265,7 +225,7 @@ def analyses(config: Config, writer, model, params, test, key) -> None:
   from jaxgen import gan_training, latent, vae
 
   generate = jax.jit(functools.partial(vae.generate, model=model, likelihood=config.likelihood))
-  images = first_examples(test, 32)
+  images = training.first_examples(test, 32)
   recon = np.asarray(vae.reconstruct(params, images, model=model, likelihood=config.likelihood))
   # rows of 8: inputs, then their reconstructions beneath
   pairs = np.stack([images.reshape(4, 8, *images.shape[1:]),

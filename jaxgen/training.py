@@ -120,6 +120,36 @@ def resume(checkpoints, state, *, batches_per_step: int):
   return state, start
 
 
+def split_means(per_example, source, key, limit: int = None) -> dict:
+  """Means over a split of `source` (its first `limit` examples, in its fixed order) of
+  per_example(images, key) -> {name: values (B,)}; batch i draws from fold_in(key, i). The short
+  last batch is padded to the batch shape (one trace) and the padding dropped; `loss` is skipped."""
+  import jax
+  import numpy as np
+
+  sums, count = {}, 0
+  total = source.num_examples if limit is None else min(limit, source.num_examples)
+  for i in range(source.batches_per_epoch):
+    images = source.eval_batch(i)[0][:total - count]
+    n = len(images)
+    if n == 0:
+      break
+    padded = np.zeros((source.batch_size, *images.shape[1:]), np.float32)
+    padded[:n] = images
+    for name, values in per_example(padded, jax.random.fold_in(key, i)).items():
+      if name != "loss":
+        sums[name] = sums.get(name, 0.0) + float(np.sum(np.asarray(values)[:n], dtype=np.float64))
+    count += n
+  return {name: value / count for name, value in sums.items()}
+
+
+def first_examples(source, n: int):
+  """The first `n` examples of a split of `source`, in its fixed order."""
+  import numpy as np
+  batches = [source.eval_batch(i)[0] for i in range(-(-n // source.batch_size))]
+  return np.concatenate(batches)[:n]
+
+
 def configure_jax(cache_dir: str = None) -> None:
   """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
   the XLA:CPU convolution setting jaxgen's layers are tuned for, and the persistent compilation

@@ -69,7 +69,7 @@ def test_a_tiny_run_writes_epoch_rows_and_every_picture(tmp_path):
 
 
 def test_the_evaluation_is_the_mean_over_the_split(tmp_path):
-  """evaluate() pads the last batch: its figure equals the per-example terms computed at once."""
+  """split_means pads the last batch: its figure equals the per-example terms computed at once."""
   config = tiny(tmp_path / "run")
   config, _, source = training.setup(config, vae.MODEL)
   model = vae.network(config, source.image_shape)
@@ -78,7 +78,8 @@ def test_the_evaluation_is_the_mean_over_the_split(tmp_path):
   eval_fn = jax.jit(lambda p, x, k: vae_lib.eval_batch(p, x, k, model=model,
                                                        likelihood=config.likelihood))
   key = jax.random.PRNGKey(3)
-  figures = vae.evaluate(eval_fn, state.params, source, key, limit=10)  # batches of 4, 4, 2
+  figures = training.split_means(lambda x, k: eval_fn(state.params, x, k), source, key,
+                                 limit=10)  # batches of 4, 4, 2
   expected = []
   for i in range(3):
     images = source.eval_batch(i)[0]
