@@ -40,10 +40,10 @@ def load_generator(workdir_path: str):
   config = experiment.Config(**{k: v for k, v in settings.items() if k in names})
   image_shape = tuple(settings["image_shape"])
   generator, critic = experiment.networks(config, image_shape[-1])
+  optimizer = family.optimizer(config.learning_rate)
   like = jax.eval_shape(functools.partial(
-      gan.init_state, generator=generator, discriminator=critic,
-      optimizer=family.optimizer(config.learning_rate), image_shape=image_shape),
-      jax.random.PRNGKey(0))
+      gan.init_state, generator=generator, discriminator=critic, g_optimizer=optimizer,
+      d_optimizer=optimizer, image_shape=image_shape), jax.random.PRNGKey(0))
   checkpoints = checkpoint.Checkpoints(os.path.join(workdir_path, "checkpoints"))
   step = checkpoints.latest_step()
   if step is None:

@@ -120,7 +120,8 @@ def train(config: Config, devices=None, source=None) -> dict:
   optimizer = wgan_gp.optimizer(config.learning_rate)
   init_key, train_key, sample_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   state = gan.init_state(init_key, generator=generator, discriminator=critic,
-                         optimizer=optimizer, image_shape=source.image_shape)
+                         g_optimizer=optimizer, d_optimizer=optimizer,
+                         image_shape=source.image_shape)
 
   checkpoints = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"),
                                        config.keep_checkpoints)

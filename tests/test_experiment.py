@@ -29,8 +29,9 @@ def tiny(path, **overrides):
 def final_state(config):
   """The run's latest checkpoint, restored as a GANState."""
   generator, critic = wgan_gp.networks(config, 1)
+  optimizer = wgan_gp_lib.optimizer(config.learning_rate)
   like = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
-                        optimizer=wgan_gp_lib.optimizer(config.learning_rate),
+                        g_optimizer=optimizer, d_optimizer=optimizer,
                         image_shape=(config.image_size, config.image_size, 1))
   ckpts = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   state, meta = ckpts.restore(like)
