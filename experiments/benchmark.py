@@ -6,11 +6,15 @@
     python -m experiments.benchmark --case=loader_mnist --batch=64 --data_dir=DIR
     python -m experiments.benchmark --case=wgan_gp_32 --convs=plain   # flax's own convolutions
     python -m experiments.benchmark --case=wgan_gp_64 --precision=bfloat16   # for GPUs
+    python -m experiments.benchmark --case=dcgan_64 --batch=64
 
-images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step. The
-WGAN-GP cases use the architectures and optimizer of ../shared/bench/torch_ref.py (DCGAN width 64,
-latent 100, Adam(1e-4, 0, 0.9), lambda 10) on random data already on the device, so the figure
-is the training step alone; compare it side by side with that reference (README, Performance).
+images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step, batch
+per DCGAN step. The WGAN-GP cases use the architectures and optimizer of
+../shared/bench/torch_ref.py (DCGAN width 64, latent 100, Adam(1e-4, 0, 0.9), lambda 10), the DCGAN
+cases its DCGAN (one discriminator update on real and fake, then one non-saturating generator
+update on the same fake batch, Adam(2e-4, 0.5, 0.999)), on random data already on the device, so
+the figure is the training step alone; compare it side by side with that reference (README,
+Performance).
 foreign_cpu_s is CPU time other processes took during the timed region: a large value marks a
 contaminated measurement.
 """
@@ -27,19 +31,20 @@ from absl import app, flags
 from jaxgen.layers import PRECISIONS
 
 LOADERS = ("mnist", "fashion_mnist", "cifar10", "celeba", "imagenette")
-CASES = ("wgan_gp_32", "wgan_gp_64", "blobs") + tuple(f"loader_{name}" for name in LOADERS)
+CASES = ("wgan_gp_32", "wgan_gp_64", "dcgan_32", "dcgan_64", "blobs") + tuple(
+    f"loader_{name}" for name in LOADERS)
 flags.DEFINE_enum("case", "wgan_gp_32", CASES, "what to measure")
 flags.DEFINE_integer("batch", 64, "batch size")
 flags.DEFINE_integer("steps", 10, "timed steps (loader cases time at least 200 batches)")
 flags.DEFINE_integer("warmup", 2, "untimed steps after compilation")
 flags.DEFINE_integer("num_blobs", 1, "blobs per image for --case=blobs")
-flags.DEFINE_integer("width", 64, "network width of the WGAN-GP cases (the reference's is 64)")
-flags.DEFINE_integer("latent", 100, "latent size of the WGAN-GP cases (the reference's is 100)")
+flags.DEFINE_integer("width", 64, "network width of the GAN cases (the reference's is 64)")
+flags.DEFINE_integer("latent", 100, "latent size of the GAN cases (the reference's is 100)")
 flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
-                  "WGAN-GP convolutions: jaxgen's layers, or flax's own lax convolutions with "
+                  "GAN cases' convolutions: jaxgen's layers, or flax's own lax convolutions with "
                   "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
 flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
-                  "WGAN-GP networks' computation dtype (parameters and losses stay float32)")
+                  "GAN networks' computation dtype (parameters and losses stay float32)")
 flags.DEFINE_string("data_dir", None, "data directory of the loader cases")
 FLAGS = flags.FLAGS
 
@@ -72,62 +77,86 @@ class CpuRegion:
     return False
 
 
-def use_plain_convolutions() -> None:
-  """Swaps flax's own convolutions (JAX's autodiff rules) into the DCGAN networks, and drops the
-  XLA:CPU setting jaxgen.layers makes, so the baseline is JAX written plainly."""
-  import flax.linen as nn
-  from jaxgen import dcgan, layers
+def drop_jaxgen_xla_flag() -> None:
+  """Drops the XLA:CPU setting jaxgen.layers makes, so the plain baseline is JAX written plainly
+  (before JAX starts its CPU backend, which reads XLA_FLAGS)."""
+  from jaxgen import layers
 
   os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "").replace(layers._CPU_FLAG, "").strip()
 
-  class PlainConv(layers._ConvLayer):
-    @nn.compact
-    def __call__(self, x):
-      k, p = self.kernel_size, self.padding
-      return nn.Conv(self.features, (k, k), self.strides, ((p, p), (p, p)), use_bias=self.use_bias,
-                     kernel_init=self.kernel_init, dtype=self.dtype)(x)
 
-  class PlainConvTranspose(layers._ConvLayer):
-    @nn.compact
-    def __call__(self, x):
-      k, p = self.kernel_size, self.kernel_size - 1 - self.padding  # PyTorch's p, as lax's
-      return nn.ConvTranspose(self.features, (k, k), (self.strides,) * 2, ((p, p), (p, p)),
-                              use_bias=self.use_bias, kernel_init=self.kernel_init,
-                              transpose_kernel=True, dtype=self.dtype)(x)
+def dcgan_networks(image_size: int, channels: int, discriminator_class: str):
+  """The reference's generator and critic or discriminator, with --convs's convolutions."""
+  from jaxgen import dcgan, layers
 
-  dcgan.Conv, dcgan.ConvTranspose = PlainConv, PlainConvTranspose
-
-
-def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
-  import jax
-  from jaxgen import dcgan, gan, wgan_gp
-
-  n_critic = 5
+  plain = FLAGS.convs == "plain"
   dtype = PRECISIONS[FLAGS.precision]
-  generator = dcgan.Generator(image_size, channels, FLAGS.width, FLAGS.latent, dtype=dtype)
-  critic = dcgan.Critic(image_size, FLAGS.width, dtype=dtype)
-  optimizer = wgan_gp.optimizer(1e-4)
-  state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
-                         optimizer=optimizer, image_shape=(image_size, image_size, channels))
-  real = jax.random.uniform(jax.random.PRNGKey(1), (n_critic, batch, image_size, image_size,
-                                                    channels), minval=-1.0, maxval=1.0)
-  key = jax.random.PRNGKey(2)
-  step = jax.jit(functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
-                                   optimizer=optimizer, gp_weight=10.0), donate_argnums=0)
+  generator = dcgan.Generator(
+      image_size, channels, FLAGS.width, FLAGS.latent, dtype=dtype,
+      conv_transpose=layers.PlainConvTranspose if plain else layers.ConvTranspose)
+  discriminator = getattr(dcgan, discriminator_class)(
+      image_size, FLAGS.width, dtype=dtype, conv=layers.PlainConv if plain else layers.Conv)
+  return generator, discriminator
+
+
+def time_step(step, state, real, key, steps: int, warmup: int) -> tuple:
+  """(last metrics, compile seconds, CpuRegion of `steps` steps) of a jitted step function."""
+  import jax
+
   t0 = time.perf_counter()
   step = step.lower(state, real, key).compile()
   compile_s = time.perf_counter() - t0
   for _ in range(warmup):
-    state, metrics = step(state, real, key)
-  jax.block_until_ready(metrics)
+    state, _ = step(state, real, key)
+  jax.block_until_ready(state)
   with CpuRegion() as region:
     for _ in range(steps):
       state, metrics = step(state, real, key)
     jax.block_until_ready(metrics)
+  return metrics, compile_s, region
+
+
+def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
+  import jax
+  from jaxgen import gan, wgan_gp
+
+  n_critic = 5
+  generator, critic = dcgan_networks(image_size, channels, "Critic")
+  optimizer = wgan_gp.optimizer(1e-4)
+  state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
+                         g_optimizer=optimizer, d_optimizer=optimizer,
+                         image_shape=(image_size, image_size, channels))
+  real = jax.random.uniform(jax.random.PRNGKey(1), (n_critic, batch, image_size, image_size,
+                                                    channels), minval=-1.0, maxval=1.0)
+  step = jax.jit(functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
+                                   optimizer=optimizer, gp_weight=10.0), donate_argnums=0)
+  metrics, compile_s, region = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup)
   return {"images_per_s": n_critic * batch * steps / region.wall,
           "s_per_step": region.wall / steps, "compile_s": compile_s,
           "foreign_cpu_s": region.foreign,
           "critic_loss": float(metrics["critic_loss"])}
+
+
+def dcgan_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
+  """The reference's DCGAN step: k = 1 discriminator update, then the generator's on its fake."""
+  import jax
+  from jaxgen import dcgan, gan
+
+  generator, discriminator = dcgan_networks(image_size, channels, "Discriminator")
+  optimizer = dcgan.optimizer()
+  state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=discriminator,
+                         g_optimizer=optimizer, d_optimizer=optimizer,
+                         image_shape=(image_size, image_size, channels))
+  real = jax.random.uniform(jax.random.PRNGKey(1), (1, batch, image_size, image_size, channels),
+                            minval=-1.0, maxval=1.0)
+  step = jax.jit(functools.partial(gan.train_step, generator=generator,
+                                   discriminator=discriminator, g_optimizer=optimizer,
+                                   d_optimizer=optimizer, loss="non_saturating"),
+                 donate_argnums=0)
+  metrics, compile_s, region = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup)
+  return {"images_per_s": batch * steps / region.wall,
+          "s_per_step": region.wall / steps, "compile_s": compile_s,
+          "foreign_cpu_s": region.foreign, "d_loss": float(metrics["d_loss"])}
 
 
 def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
@@ -145,13 +174,18 @@ def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
 
 def main(argv):
   del argv
+  # Before JAX starts its CPU backend, which reads XLA_FLAGS. No compilation cache here: it would
+  # hide the compile time this program reports.
   if FLAGS.convs == "plain":
-    use_plain_convolutions()  # before JAX starts its CPU backend, which reads XLA_FLAGS
+    drop_jaxgen_xla_flag()
+  else:
+    from jaxgen import layers
+    layers.configure_cpu()
   import jax
 
   case = FLAGS.case
   extra = {}
-  if case.startswith("wgan_gp"):
+  if case.startswith(("wgan_gp", "dcgan")):
     extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs,
              "precision": FLAGS.precision}
   if case.startswith("loader_"):
@@ -164,6 +198,9 @@ def main(argv):
     result = wgan_gp_case(32, 1, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   elif case == "wgan_gp_64":
     result = wgan_gp_case(64, 3, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
+  elif case.startswith("dcgan"):
+    size, channels = (32, 1) if case == "dcgan_32" else (64, 3)
+    result = dcgan_case(size, channels, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   else:
     result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,

@@ -8,8 +8,15 @@ Critic: Conv(k4 s2 p1) layers with LeakyReLU(0.2) that halve the size and double
 (64->128->256->512 at 64x64), then Conv(k4 s1 p0) from 4x4 to one score. No BatchNorm (the
 gradient penalty is per example) and no sigmoid (a critic scores, it does not classify).
 
+Discriminator (the DCGAN paper's): the critic's layers without biases, BatchNorm after every
+convolution but the first, and one logit out (the sigmoid is in the loss, `jaxgen.gan`).
+
 Weights are drawn from N(0, 0.02), BatchNorm scales from N(1, 0.02), as in the DCGAN paper.
 BatchNorm uses PyTorch's running-average momentum (0.1 of the new batch) and epsilon 1e-5.
+Each network takes its convolution class as a field (`conv`, `conv_transpose`): jaxgen's fast
+layers by default, `jaxgen.layers.PlainConv`/`PlainConvTranspose` for the plain-flax baseline;
+the layers keep their names (Conv_i, ConvTranspose_i) whichever class computes them, so both
+take the same parameters.
 """
 
 import math
@@ -18,14 +25,26 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from jaxgen.layers import Conv, ConvTranspose
 
 dcgan_init = nn.initializers.normal(0.02)
 
 
+def optimizer(learning_rate: float = 2e-4, b1: float = 0.5, b2: float = 0.999):
+  """Adam as the DCGAN paper trains both networks (b1 = 0.5: 0.9 oscillated, section 4)."""
+  return optax.adam(learning_rate, b1=b1, b2=b2)
+
+
 def _scale_init(key, shape, dtype=jnp.float32):
   return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def batch_norm(train: bool, axis_name, dtype) -> nn.BatchNorm:
+  """DCGAN's BatchNorm with PyTorch's momentum and epsilon; statistics averaged over `axis_name`."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      axis_name=axis_name, scale_init=_scale_init, dtype=dtype)
 
 
 def num_upsamplings(image_size: int) -> int:
@@ -45,6 +64,7 @@ class Generator(nn.Module):
   latent_dim: int = 100
   axis_name: Any = None  # BatchNorm statistics are averaged over this pmap axis
   dtype: Any = None
+  conv_transpose: Any = ConvTranspose
 
   @nn.compact
   def __call__(self, z, *, train: bool):
@@ -53,13 +73,13 @@ class Generator(nn.Module):
     for i in range(n):
       features = self.width * 2 ** (n - 1 - i)
       stride, padding = (1, 0) if i == 0 else (2, 1)
-      x = ConvTranspose(features, 4, stride, padding, use_bias=False, kernel_init=dcgan_init,
-                        dtype=self.dtype)(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                       axis_name=self.axis_name, scale_init=_scale_init, dtype=self.dtype)(x)
+      x = self.conv_transpose(features, 4, stride, padding, use_bias=False,
+                              kernel_init=dcgan_init, dtype=self.dtype,
+                              name=f"ConvTranspose_{i}")(x)
+      x = batch_norm(train, self.axis_name, self.dtype)(x)
       x = nn.relu(x)
-    x = ConvTranspose(self.channels, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
-                      dtype=self.dtype)(x)
+    x = self.conv_transpose(self.channels, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
+                            dtype=self.dtype, name=f"ConvTranspose_{n}")(x)
     return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -68,12 +88,41 @@ class Critic(nn.Module):
   image_size: int = 32
   width: int = 64  # channels of the first layer; later layers double it
   dtype: Any = None
+  conv: Any = Conv
 
   @nn.compact
   def __call__(self, x):
     n = num_upsamplings(self.image_size)
     for i in range(n):
-      x = Conv(self.width * 2 ** i, 4, 2, 1, kernel_init=dcgan_init, dtype=self.dtype)(x)
+      x = self.conv(self.width * 2 ** i, 4, 2, 1, kernel_init=dcgan_init, dtype=self.dtype,
+                    name=f"Conv_{i}")(x)
       x = nn.leaky_relu(x, 0.2)
-    x = Conv(1, 4, 1, 0, kernel_init=dcgan_init, dtype=self.dtype)(x)
+    x = self.conv(1, 4, 1, 0, kernel_init=dcgan_init, dtype=self.dtype, name=f"Conv_{n}")(x)
+    return x.reshape(x.shape[0]).astype(jnp.float32)
+
+
+class Discriminator(nn.Module):
+  """Maps images (B, size, size, C) to one logit each, shape (B,): log(D(x) / (1 - D(x))).
+
+  At 64x64x3 the layers are 64-128-256-512, at 32x32x1 64-128-256 (the reference's networks).
+  `train=True` normalises with the batch's statistics and updates the running averages
+  (mutable "batch_stats"); the default uses the running averages.
+  """
+  image_size: int = 32
+  width: int = 64  # channels of the first layer; later layers double it
+  axis_name: Any = None  # BatchNorm statistics are averaged over this pmap axis
+  dtype: Any = None
+  conv: Any = Conv
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    n = num_upsamplings(self.image_size)
+    for i in range(n):
+      x = self.conv(self.width * 2 ** i, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
+                    dtype=self.dtype, name=f"Conv_{i}")(x)
+      if i > 0:  # not on the first layer (Radford et al. 2015, section 3)
+        x = batch_norm(train, self.axis_name, self.dtype)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = self.conv(1, 4, 1, 0, use_bias=False, kernel_init=dcgan_init, dtype=self.dtype,
+                  name=f"Conv_{n}")(x)
     return x.reshape(x.shape[0]).astype(jnp.float32)

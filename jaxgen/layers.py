@@ -326,3 +326,37 @@ class ConvTranspose(_ConvLayer):
     return self._affine(
         x, (k, k, self.features, x.shape[-1]),
         lambda x, w: conv2d_input_grad(x, w, self.strides, self.padding, out_hw))
+
+
+class PlainConv(_ConvLayer):
+  """The baseline `Conv` replaces: flax's own `nn.Conv` (JAX's autodiff rules), same fields.
+
+  Its parameters sit where `Conv`'s do (the wrapped layer shares this module's scope), so the
+  two take the same parameter trees and compute the same values.
+  """
+
+  def setup(self):
+    k, p = self.kernel_size, self.padding
+    self.layer = nn.Conv(self.features, (k, k), self.strides, ((p, p), (p, p)),
+                         use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                         kernel_init=self.kernel_init, bias_init=self.bias_init)
+    nn.share_scope(self, self.layer)
+
+  def __call__(self, x):
+    return self.layer(x)
+
+
+class PlainConvTranspose(_ConvLayer):
+  """The baseline `ConvTranspose` replaces: `nn.ConvTranspose(transpose_kernel=True)`, same fields
+  (PyTorch's padding p is lax's k - 1 - p on the stride-dilated input)."""
+
+  def setup(self):
+    k, p = self.kernel_size, self.kernel_size - 1 - self.padding
+    self.layer = nn.ConvTranspose(self.features, (k, k), (self.strides,) * 2, ((p, p), (p, p)),
+                                  use_bias=self.use_bias, transpose_kernel=True, dtype=self.dtype,
+                                  param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+                                  bias_init=self.bias_init)
+    nn.share_scope(self, self.layer)
+
+  def __call__(self, x):
+    return self.layer(x)

@@ -4,7 +4,8 @@ Critic loss (eq. 3):   L_D = D(G(z)) - D(x) + lambda * (||grad_x_hat D(x_hat)||_
                        x_hat = e * x + (1 - e) * G(z),  e ~ U[0, 1] per example.
 Generator loss:        L_G = -D(G(z)).
 Defaults of the paper: lambda = 10, n_critic = 5, Adam(1e-4, b1 = 0, b2 = 0.9).
-The networks are the DCGAN-style ones of `jaxgen.dcgan`.
+The networks are the DCGAN-style ones of `jaxgen.dcgan`; the critic-then-generator loop is
+WGAN's (`jaxgen.wgan.wasserstein_step`), with this loss in place of weight clipping.
 """
 
 import jax
@@ -13,7 +14,8 @@ import flax.linen as nn
 import optax
 
 from jaxgen.gan import GANState
-from jaxgen.parallel import draw, pmean
+from jaxgen.parallel import draw
+from jaxgen.wgan import wasserstein_step
 
 
 def optimizer(learning_rate: float = 1e-4, b1: float = 0.0, b2: float = 0.9):
@@ -57,50 +59,18 @@ def train_step(state: GANState, real: jax.Array, key: jax.Array, *, generator: n
                gp_weight: float = 10.0, axis_name=None):
   """One generator update: `real.shape[0]` (= n_critic) critic updates, then one generator update.
 
+  WGAN's loop (`jaxgen.wgan.wasserstein_step`) with the penalised critic loss and no clipping;
+  `optimizer` (Adam) updates both networks.
   real: (n_critic, batch, H, W, C) images in [-1, 1], one batch per critic update (this device's
     part of the global batch when run under pmap).
   key: the run's base key; this step draws from fold_in(key, state.step), so a resumed run
     draws what an uninterrupted one would.
   Returns the new state and metrics (critic metrics averaged over the critic updates).
   """
-  n_critic, batch = real.shape[:2]
-  key = jax.random.fold_in(key, state.step)
-  latent = (batch, generator.latent_dim)
+  def penalised_loss(d_params, real, fake, key):
+    eps = draw(jax.random.uniform, key, (real.shape[0], 1, 1, 1), axis_name)
+    return critic_loss(d_params, real, fake, eps, critic=critic, gp_weight=gp_weight)
 
-  @jax.jit  # traced once and called n_critic times: half the tracing time of inlined code
-  def critic_update(d_params, d_opt_state, batch_stats, real, key):
-    k_z, k_eps = jax.random.split(key)
-    z = draw(jax.random.normal, k_z, latent, axis_name)
-    eps = draw(jax.random.uniform, k_eps, (batch, 1, 1, 1), axis_name)
-    fake, stats = generator.apply({"params": state.g_params, "batch_stats": batch_stats}, z,
-                                  train=True, mutable=["batch_stats"])
-    grads, metrics = jax.grad(critic_loss, has_aux=True)(
-        d_params, real, fake, eps, critic=critic, gp_weight=gp_weight)
-    updates, d_opt_state = optimizer.update(pmean(grads, axis_name), d_opt_state, d_params)
-    # the running averages move with every generator call
-    return optax.apply_updates(d_params, updates), d_opt_state, stats["batch_stats"], metrics
-
-  d_params, d_opt_state, batch_stats = state.d_params, state.d_opt_state, state.g_batch_stats
-  history = []
-  for i in range(n_critic):  # unrolled: XLA:CPU ran a rolled lax.scan of these ~40x slower
-    d_params, d_opt_state, batch_stats, metrics = critic_update(
-        d_params, d_opt_state, batch_stats, real[i], jax.random.fold_in(key, i))
-    history.append(metrics)
-
-  z = draw(jax.random.normal, jax.random.fold_in(key, n_critic), latent, axis_name)
-
-  def generator_loss(g_params):
-    fake, stats = generator.apply({"params": g_params, "batch_stats": batch_stats}, z,
-                                  train=True, mutable=["batch_stats"])
-    return -jnp.mean(critic.apply({"params": d_params}, fake)), stats
-
-  (g_loss, stats), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(state.g_params)
-  updates, g_opt_state = optimizer.update(pmean(g_grads, axis_name), state.g_opt_state,
-                                          state.g_params)
-  metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *history)
-  metrics["generator_loss"] = g_loss
-  new_state = state.replace(
-      step=state.step + 1, g_params=optax.apply_updates(state.g_params, updates),
-      g_batch_stats=stats["batch_stats"], g_opt_state=g_opt_state,
-      d_params=d_params, d_opt_state=d_opt_state)
-  return new_state, pmean(metrics, axis_name)
+  return wasserstein_step(state, real, key, generator=generator, critic=critic,
+                          g_optimizer=optimizer, d_optimizer=optimizer,
+                          critic_loss=penalised_loss, axis_name=axis_name)

@@ -33,8 +33,9 @@ def tiny(path, **overrides):
 def final_state(config):
   """The run's latest checkpoint, restored as a GANState."""
   generator, critic = wgan_gp.networks(config, 1)
+  optimizer = wgan_gp_lib.optimizer(config.learning_rate)
   like = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
-                        optimizer=wgan_gp_lib.optimizer(config.learning_rate),
+                        g_optimizer=optimizer, d_optimizer=optimizer,
                         image_shape=(config.image_size, config.image_size, 1))
   ckpts = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"))
   state, meta = ckpts.restore(like)
@@ -290,7 +291,8 @@ def _loop_before_the_shared_pieces(config, num_devices):
   optimizer = wgan_gp_lib.optimizer(config.learning_rate)
   init_key, train_key, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   state = gan.init_state(init_key, generator=generator, discriminator=critic,
-                         optimizer=optimizer, image_shape=source.image_shape)
+                         g_optimizer=optimizer, d_optimizer=optimizer,
+                         image_shape=source.image_shape)
   step_fn = jax.pmap(functools.partial(
       wgan_gp_lib.train_step, generator=generator, critic=critic, optimizer=optimizer,
       gp_weight=config.gp_weight, axis_name=parallel.AXIS), axis_name=parallel.AXIS,

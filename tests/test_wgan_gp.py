@@ -94,7 +94,8 @@ def _setup(seed=0, axis_name=None):
   critic = dcgan.Critic(SIZE, WIDTH)
   optimizer = wgan_gp.optimizer(1e-3)
   state = gan.init_state(jax.random.PRNGKey(seed), generator=generator, discriminator=critic,
-                         optimizer=optimizer, image_shape=(SIZE, SIZE, CHANNELS))
+                         g_optimizer=optimizer, d_optimizer=optimizer,
+                         image_shape=(SIZE, SIZE, CHANNELS))
   step = functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
                            optimizer=optimizer, gp_weight=10.0, axis_name=axis_name)
   return state, step
@@ -200,8 +201,8 @@ def test_bfloat16_networks_track_float32_and_keep_float32_state():
           for dt in (None, jnp.bfloat16)}
   optimizer = wgan_gp.optimizer(1e-3)
   state = gan.init_state(jax.random.PRNGKey(0), generator=nets[None][0],
-                         discriminator=nets[None][1], optimizer=optimizer,
-                         image_shape=(size, size, 1))
+                         discriminator=nets[None][1], g_optimizer=optimizer,
+                         d_optimizer=optimizer, image_shape=(size, size, 1))
   real = jax.random.uniform(jax.random.PRNGKey(1), (2, batch, size, size, 1), minval=-1, maxval=1)
   z = jax.random.normal(jax.random.PRNGKey(2), (batch, latent))
   eps = jax.random.uniform(jax.random.PRNGKey(3), (batch, 1, 1, 1))
