@@ -45,7 +45,9 @@ class Config(gan_training.LossSettings):
   def automatic(self) -> dict:
     from jaxgen import mlp_gan
     chosen = mlp_gan.preset(self.preset)
+    digits = self.dataset.split("/")[0] in ("mnist", "fashion_mnist")
     return {**super().automatic(), "batch_size": chosen.batch_size,
+            **({"image_size": 28} if digits else {}),  # the studies' 784 inputs, unpadded
             "latent_dim": chosen.generator.latent_dim, "learning_rate": chosen.learning_rate}
 
 

@@ -5,6 +5,7 @@ process killed during a save leaves the previous checkpoint as the latest restor
 Nothing non-finite is ever written: `save` checks the state first.
 """
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -47,12 +48,27 @@ class Checkpoints:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def restore(self, like, step: Optional[int] = None):
-    """(state, meta) of checkpoint `step` (default: the latest); `like` gives the tree's shape."""
+    """(state, meta) of checkpoint `step` (default: the latest); `like` gives the tree's shape.
+
+    A state field that `like` has and the checkpoint lacks is taken from `like` when it is empty
+    (a field added to a state class later, such as a GAN critic's BatchNorm statistics, which
+    has none): runs saved before it existed still resume."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    target = like
+    if dataclasses.is_dataclass(like):
+      saved = set(self._manager.item_metadata(step)["state"].keys())
+      fields = {f.name: getattr(like, f.name) for f in dataclasses.fields(like)}
+      missing = [name for name in fields if name not in saved]
+      if any(jax.tree.leaves(fields[name]) for name in missing):
+        raise ValueError(f"the checkpoint of step {step} in {self.directory} has no "
+                         f"{', '.join(missing)}: it belongs to another model; choose a new "
+                         f"--workdir")
+      target = {name: value for name, value in fields.items() if name in saved}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    state = restored.state if target is like else like.replace(**restored.state)
+    return state, restored.meta
 
   def restore_tree(self, step: Optional[int] = None):
     """(state as saved, in plain dicts of arrays, meta) of checkpoint `step` (default: the

@@ -333,3 +333,21 @@ def test_importing_the_layers_leaves_xla_flags_alone():
         "type=-individual_convolution"
   else:
     assert in_force == "False" and after == before
+
+
+def test_a_checkpoint_from_before_a_state_field_existed_restores(tmp_path):
+  """GANState gained d_batch_stats (empty for WGAN-GP's critic); older checkpoints lack it."""
+  config = tiny(tmp_path / "run", steps=2)
+  wgan_gp.train(config)
+  state, _ = final_state(config)
+  old = {k: v for k, v in vars(state).items() if k != "d_batch_stats"}  # as an older jaxgen saved
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "old"))
+  ckpts.save(2, old, {"data_position": 4})
+  ckpts.close()
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "old"))
+  restored, meta = ckpts.restore(state)
+  chex.assert_trees_all_equal(restored, state)
+  # A missing field that is not empty means another model's checkpoint: one clear error.
+  with pytest.raises(ValueError, match="has no d_batch_stats: it belongs to another model"):
+    ckpts.restore(state.replace(d_batch_stats={"BatchNorm_0": {"mean": np.zeros(2)}}))
+  ckpts.close()
