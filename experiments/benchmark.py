@@ -7,6 +7,9 @@
     python -m experiments.benchmark --case=wgan_gp_32 --convs=plain   # flax's own convolutions
     python -m experiments.benchmark --case=wgan_gp_64 --precision=bfloat16   # for GPUs
     python -m experiments.benchmark --case=dcgan_64 --batch=64
+    python -m experiments.benchmark --case=vae_mlp --batch=128
+    python -m experiments.benchmark --case=vae_conv64 --batch=64
+    python -m experiments.benchmark --case=realnvp_28 --batch=64
 
 images_per_s counts real images consumed: n_critic (5) x batch per WGAN-GP generator step, batch
 per DCGAN step. The WGAN-GP cases use the architectures and optimizer of
@@ -31,7 +34,8 @@ from absl import app, flags
 from jaxgen.layers import PRECISIONS
 
 LOADERS = ("mnist", "fashion_mnist", "cifar10", "celeba", "imagenette")
-CASES = ("wgan_gp_32", "wgan_gp_64", "dcgan_32", "dcgan_64", "blobs") + tuple(
+CASES = ("wgan_gp_32", "wgan_gp_64", "dcgan_32", "dcgan_64", "vae_mlp", "vae_conv64",
+         "realnvp_28", "blobs") + tuple(
     f"loader_{name}" for name in LOADERS)
 flags.DEFINE_enum("case", "wgan_gp_32", CASES, "what to measure")
 flags.DEFINE_integer("batch", 64, "batch size")
@@ -159,6 +163,50 @@ def dcgan_case(image_size: int, channels: int, batch: int, steps: int, warmup: i
           "foreign_cpu_s": region.foreign, "d_loss": float(metrics["d_loss"])}
 
 
+def single_update_case(step, state, real, steps: int, warmup: int, loss: str) -> dict:
+  """Timing of a one-batch-per-update step (VAE, RealNVP) on `real` already on the device."""
+  import jax
+  metrics, compile_s, region = time_step(jax.jit(step, donate_argnums=0), state, real,
+                                         jax.random.PRNGKey(2), steps, warmup)
+  batch = real.shape[0]
+  return {"images_per_s": batch * steps / region.wall, "s_per_step": region.wall / steps,
+          "compile_s": compile_s, "foreign_cpu_s": region.foreign, loss: float(metrics[loss])}
+
+
+def vae_case(architecture: str, batch: int, steps: int, warmup: int) -> dict:
+  """The reference's VAEs: MLP 784-400-20 with a Bernoulli likelihood on binary images, or the
+  64x64x3 convolutional VAE with a unit-variance Gaussian; Adam(1e-3)."""
+  import jax
+  from jaxgen import vae
+
+  dtype = PRECISIONS[FLAGS.precision]
+  if architecture == "mlp":
+    model, shape, likelihood = vae.mlp_vae((28, 28, 1), dtype=dtype), (28, 28, 1), "bernoulli"
+    real = jax.random.bernoulli(jax.random.PRNGKey(1), 0.5, (batch, *shape)) * 2.0 - 1.0
+  else:
+    model, shape, likelihood = vae.conv_vae(64, 3, 32, dtype=dtype), (64, 64, 3), "gaussian"
+    real = jax.random.uniform(jax.random.PRNGKey(1), (batch, *shape), minval=-1.0, maxval=1.0)
+  optimizer = vae.optimizer("adam", 1e-3)
+  state = vae.init_state(jax.random.PRNGKey(0), model, optimizer, shape, likelihood)
+  step = functools.partial(vae.train_step, model=model, optimizer=optimizer,
+                           likelihood=likelihood)
+  return single_update_case(step, state, real, steps, warmup, "neg_elbo")
+
+
+def realnvp_case(batch: int, steps: int, warmup: int) -> dict:
+  """The reference's RealNVP on 28x28x1 (preset "mnist"): bits/dim loss, Adam(1e-3)."""
+  import jax
+  from jaxgen import realnvp
+
+  model = realnvp.from_preset("mnist", dtype=PRECISIONS[FLAGS.precision])
+  optimizer = realnvp.optimizer(1e-3)
+  pixels = jax.random.randint(jax.random.PRNGKey(1), (batch, 28, 28, 1), 0, 256)
+  real = pixels.astype("float32") / 127.5 - 1.0
+  state = realnvp.init_state(jax.random.PRNGKey(0), real, model=model, optimizer=optimizer)
+  step = functools.partial(realnvp.train_step, model=model, optimizer=optimizer)
+  return single_update_case(step, state, real, steps, warmup, "bits_per_dim")
+
+
 def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
   from jaxgen import data
 
@@ -201,6 +249,11 @@ def main(argv):
   elif case.startswith("dcgan"):
     size, channels = (32, 1) if case == "dcgan_32" else (64, 3)
     result = dcgan_case(size, channels, FLAGS.batch, FLAGS.steps, FLAGS.warmup)
+  elif case.startswith("vae"):
+    result = vae_case(case[len("vae_"):].replace("conv64", "conv"), FLAGS.batch, FLAGS.steps,
+                      FLAGS.warmup)
+  elif case == "realnvp_28":
+    result = realnvp_case(FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   else:
     result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
