@@ -54,6 +54,22 @@ def load_generator(workdir_path: str):
           step)
 
 
+def draw_samples(workdir_path: str, num_samples: int, seed: int = 0, chunk: int = 256):
+  """(images float32 (N, H, W, C) in the data's own pixel range, settings (config.json), step)
+  from a run's latest checkpoint, the latents drawn from `seed`."""
+  import jax
+  import numpy as np
+  from jaxgen import data
+
+  if num_samples <= 0:
+    raise ValueError(f"--num_samples must be positive, got {num_samples}")
+  generate, latent, settings, step = load_generator(workdir_path)
+  keys = jax.random.split(jax.random.PRNGKey(seed), -(-num_samples // chunk))
+  images = np.concatenate([np.asarray(generate(jax.random.normal(k, (chunk, latent))))
+                           for k in keys])[:num_samples]
+  return data.from_model_range(images, settings["pixel_range"]), settings, step
+
+
 def write_samples(workdir_path: str, num_samples: int, out: str, seed: int = 0,
                   chunk: int = 256) -> str:
   import jax
