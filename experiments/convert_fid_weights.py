@@ -1,4 +1,4 @@
-"""Convert pytorch-fid's Inception weights to the .npz that jaxgen's FID network loads, once.
+r"""Convert pytorch-fid's Inception weights to the .npz that jaxgen's FID network loads, once.
 
     pip install torch                      # only for this conversion; jaxgen never imports it
     wget https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth

@@ -1,4 +1,4 @@
-"""Score a trained run against real images, with a real-vs-real baseline beside every number.
+r"""Score a trained run against real images, with a real-vs-real baseline beside every number.
 
     python -m experiments.evaluate --workdir=runs/wgan_gp                 # blobs: blob metrics
     python -m experiments.evaluate --workdir=runs/mnist --features=classifier
@@ -308,29 +308,33 @@ def evaluate(workdir_path: str, **options) -> dict:
 
 def table(result: dict) -> str:
   """The evaluation as a short text table."""
+  features = result["features"]
+  about = {"classifier": lambda: f" (classifier test accuracy {features['test_accuracy']})",
+           "inception": lambda: "" if features["published"] else
+           " (NOT the published weights: not comparable with published FIDs)"}
+  row = lambda name, g, b: f"{name:<30} {g:>16} {b:>16}"
   lines = [f"{result['workdir']} at step {result['step']}: {result['num_samples']} images per "
-           f"set, {result['features']['kind']} features",
+           f"set, {features['kind']} features{about.get(features['kind'], str)()}",
            f"  reference: {result['reference']}", f"  baseline:  {result['baseline']}",
-           f"{'metric':<28}{'generated':>14}{'real baseline':>16}"]
+           row("metric", "generated", "real baseline")]
   scores = result.get("scores")
   if scores:
     for name in ("fid", "kid", "precision", "recall"):
       g, b = scores[name]["generated"], scores[name]["baseline"]
       if name == "kid":
         gs, bs = scores["kid_std"]["generated"], scores["kid_std"]["baseline"]
-        lines.append(f"{'kid (x1e3, +- std)':<28}{f'{1e3 * g:.2f}+-{1e3 * gs:.2f}':>14}"
-                     f"{f'{1e3 * b:.2f}+-{1e3 * bs:.2f}':>16}")
+        lines.append(row("kid (+- std over subsets)", f"{g:.3g}+-{gs:.2g}", f"{b:.3g}+-{bs:.2g}"))
       else:
-        lines.append(f"{name:<28}{g:>14.4g}{b:>16.4g}")
+        lines.append(row(name, f"{g:.4g}", f"{b:.4g}"))
   blobs = result.get("blobs")
   if blobs:
     g, b = blobs["generated"], blobs["baseline"]
     for key in ("count_exact_fraction", "count_mean", "width_mean", "amplitude_mean",
                 "elongation_mean", "streak_fraction", "centre_ks", "background_mean"):
-      lines.append(f"{'blob ' + key:<28}{g[key]:>14.4g}{b[key]:>16.4g}")
+      lines.append(row(f"blob {key}", f"{g[key]:.4g}", f"{b[key]:.4g}"))
     gd, bd = blobs["generated_vs_reference"], blobs["baseline_vs_reference"]
     for key in ("count_tv", "width_w1", "amplitude_w1"):
-      lines.append(f"{'blob ' + key + ' vs reference':<28}{gd[key]:>14.4g}{bd[key]:>16.4g}")
+      lines.append(row(f"blob {key} vs reference", f"{gd[key]:.4g}", f"{bd[key]:.4g}"))
   return "\n".join(lines)
 
 

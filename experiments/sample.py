@@ -12,12 +12,17 @@ import sys
 
 from absl import app, flags, logging
 
-flags.DEFINE_string("workdir", None, "work directory of a training run")
-flags.DEFINE_integer("num_samples", 64, "images to generate")
-flags.DEFINE_string("out", "samples.npz", "output file: .npz (arrays) or .png (a grid)")
-flags.DEFINE_integer("seed", 0, "seed of the latent draws")
-flags.DEFINE_integer("chunk", 256, "images generated per call")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  # Defined when run as a program only, so that experiments.evaluate can import draw_samples
+  # and define its own --workdir.
+  flags.DEFINE_string("workdir", None, "work directory of a training run")
+  flags.DEFINE_integer("num_samples", 64, "images to generate")
+  flags.DEFINE_string("out", "samples.npz", "output file: .npz (arrays) or .png (a grid)")
+  flags.DEFINE_integer("seed", 0, "seed of the latent draws")
+  flags.DEFINE_integer("chunk", 256, "images generated per call")
 
 
 def load_generator(workdir_path: str):
@@ -105,4 +110,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

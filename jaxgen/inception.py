@@ -3,7 +3,7 @@
 FID (Heusel et al. 2017) is the Frechet distance between Gaussians fitted to the 2048-d pool
 features of one particular network: the TensorFlow Inception-v3 graph of 2015-12-05 that the
 TTUR code used, which pytorch-fid ports as `pt_inception-2015-12-05-6726825d.pth`. It differs
-from torchvision's Inception-v3 in four places, kept here as pytorch-fid does:
+from torchvision's Inception-v3 where that graph does, kept here as pytorch-fid keeps it:
   - the 3x3 average pools of the A, C and E blocks leave padding out of the average
     (count_include_pad=False);
   - Mixed_7c (the second E block) pools its pool branch with a 3x3 max pool, not an average;

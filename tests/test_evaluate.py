@@ -58,6 +58,7 @@ def _bar_images(rng, n):
   return images, labels
 
 
+@pytest.mark.filterwarnings("ignore:Frechet distance")  # 150 samples: dead units, singular
 def test_labelled_images_get_classifier_scores(tmp_path, monkeypatch):
   images, labels = _bar_images(np.random.default_rng(0), 420)
   archive = tmp_path / "bars.npz"
