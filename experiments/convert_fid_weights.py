@@ -71,9 +71,9 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; see --help")
   if not FLAGS.source:
+    from jaxgen import inception
     sys.exit(f"error: --source is required: pytorch-fid's weights file, from "
-             f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-             f"pt_inception-2015-12-05-6726825d.pth")
+             f"{inception.PUBLISHED_URL}")
   try:
     print(convert(FLAGS.source, FLAGS.out, FLAGS.allow_unpublished))
   except (ValueError, FileNotFoundError) as e:

@@ -227,7 +227,6 @@ def feature_scores(generated, reference, baseline, options: dict):
   warnings raised on the way (a singular covariance, say))."""
   import warnings
 
-  import numpy as np
   from jaxgen import metrics
 
   with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,6 @@ import math
 import os
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
