@@ -20,15 +20,22 @@ import sys
 from absl import app, flags, logging
 
 GRIDS = ("samples", "interpolation", "sweep")
-flags.DEFINE_string("workdir", None, "work directory of a training run")
-flags.DEFINE_integer("num_samples", 64, "images to generate (--grid=samples)")
-flags.DEFINE_string("out", "samples.npz", "output file: .npz (arrays) or .png (a grid)")
-flags.DEFINE_enum("grid", "samples", GRIDS,
-                  "samples: random draws; interpolation: rows between pairs of random latents; "
-                  "sweep: one row per latent dimension, that dimension across [-3, 3]")
-flags.DEFINE_integer("rows", 8, "rows of an interpolation grid")
-flags.DEFINE_integer("seed", 0, "seed of the latent draws")
-flags.DEFINE_integer("chunk", 256, "images generated per call")
+
+
+def define_flags() -> None:
+  # Defined when run as a program only, so that other programs (experiments.evaluate) can import
+  # draw_samples and define their own --workdir.
+  flags.DEFINE_string("workdir", None, "work directory of a training run")
+  flags.DEFINE_integer("num_samples", 64, "images to generate (--grid=samples)")
+  flags.DEFINE_string("out", "samples.npz", "output file: .npz (arrays) or .png (a grid)")
+  flags.DEFINE_enum("grid", "samples", GRIDS,
+                    "samples: random draws; interpolation: rows between pairs of random "
+                    "latents; sweep: one row per latent dimension, that dimension across [-3, 3]")
+  flags.DEFINE_integer("rows", 8, "rows of an interpolation grid")
+  flags.DEFINE_integer("seed", 0, "seed of the latent draws")
+  flags.DEFINE_integer("chunk", 256, "images generated per call")
+
+
 FLAGS = flags.FLAGS
 
 
@@ -125,4 +132,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
