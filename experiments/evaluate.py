@@ -31,7 +31,6 @@ from absl import app, flags, logging
 FEATURES = ("auto", "classifier", "inception", "none")
 # Real blob images come from the generator itself: seeds no training run uses by default.
 BLOB_REFERENCE_SEED, BLOB_BASELINE_SEED = 1_000_001, 1_000_002
-HELD_OUT_SPLITS = {"imagenette": "validation"}  # the split beside "train"; default "test"
 FLAGS = flags.FLAGS
 
 
@@ -91,18 +90,18 @@ def real_sets(settings: dict, num_samples: int, data_dir=None):
         "reference": f"{dataset}: {num_samples} fresh draws of the blob generator "
                      f"(seed {BLOB_REFERENCE_SEED})",
         "baseline": f"{dataset}: {num_samples} other draws (seed {BLOB_BASELINE_SEED})"}
-  from jaxgen import image_datasets
+  from jaxgen import image_source, tfds_prepare
 
   source = load(settings.get("seed", 0), num_samples)
   if source.num_examples < num_samples:
     raise ValueError(f"{dataset} has {source.num_examples} training images, fewer than "
                      f"--num_samples={num_samples}")
   reference = _as_float(source.pixels(0))
-  split = HELD_OUT_SPLITS.get(dataset.split("/")[0], "test")
+  split = "test"  # Imagenette: its validation split (jaxgen.data maps the name)
   held_out = None
-  if dataset in image_datasets.NAMED_DATASETS:
+  if dataset in tfds_prepare.NAMED_DATASETS:
     try:
-      held_out = image_datasets.load_source(dataset, image_size=size, batch_size=num_samples,
+      held_out = image_source.load_source(dataset, image_size=size, batch_size=num_samples,
                                             seed=0, data_dir=data_dir, split=split)
     except (ValueError, FileNotFoundError):
       held_out = None
@@ -126,16 +125,16 @@ def real_sets(settings: dict, num_samples: int, data_dir=None):
 
 
 def classifier_directory(settings: dict, data_dir=None) -> str:
-  from jaxgen import image_datasets
+  from jaxgen import tfds_prepare
   name = settings["dataset"].replace("/", "_").replace(":", "_")
-  return os.path.join(data_dir or image_datasets.default_data_dir(), "jaxgen_classifiers",
+  return os.path.join(data_dir or tfds_prepare.default_data_dir(), "jaxgen_classifiers",
                       f"{name}-{settings['image_shape'][0]}px")
 
 
 def trained_classifier(settings: dict, directory: str, epochs: int, data_dir=None):
   """(model, params, config) of the dataset's classifier, trained and saved on first use."""
   import numpy as np
-  from jaxgen import classifier, data, image_datasets
+  from jaxgen import classifier, data, image_cache, tfds_prepare
 
   try:
     return classifier.load(directory)
@@ -144,14 +143,14 @@ def trained_classifier(settings: dict, directory: str, epochs: int, data_dir=Non
   dataset, size = settings["dataset"], settings["image_shape"][0]
   if dataset in data.BLOB_DATASETS:
     raise ValueError(f"--features=classifier needs a labelled dataset; {dataset} has no labels")
-  images, labels, meta = image_datasets.cached_images(dataset, image_size=size, split="train",
+  images, labels, meta = image_cache.cached_images(dataset, image_size=size, split="train",
                                                       data_dir=data_dir)
   if labels is None:
     raise ValueError(f"--features=classifier needs a labelled dataset; {dataset} has no labels")
   pixel_range = meta["pixel_range"]
-  split = HELD_OUT_SPLITS.get(dataset.split("/")[0], "test")
-  if dataset in image_datasets.NAMED_DATASETS:
-    test_images, test_labels, _ = image_datasets.cached_images(dataset, image_size=size,
+  split = "test"  # Imagenette: its validation split (jaxgen.data maps the name)
+  if dataset in tfds_prepare.NAMED_DATASETS:
+    test_images, test_labels, _ = image_cache.cached_images(dataset, image_size=size,
                                                                split=split, data_dir=data_dir)
     held_out = f"{split} split"
   else:  # the user's images have one split: a fixed tenth of it is held out
@@ -183,11 +182,11 @@ def choose_features(requested: str, settings: dict, inception_weights: str, data
   """The feature network `auto` means for this run."""
   if requested != "auto":
     return requested
-  from jaxgen import data, image_datasets, inception
+  from jaxgen import data, image_cache, inception
 
   dataset = settings["dataset"]
   if dataset not in data.BLOB_DATASETS and settings["image_shape"][-1] == 1:
-    _, labels, _ = image_datasets.cached_images(dataset, image_size=settings["image_shape"][0],
+    _, labels, _ = image_cache.cached_images(dataset, image_size=settings["image_shape"][0],
                                                 data_dir=data_dir)
     if labels is not None:
       return "classifier"

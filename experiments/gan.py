@@ -14,7 +14,6 @@ Adam 1e-5); both latent 100 and batch 128. Writes what every GAN program writes;
 """
 
 import dataclasses
-import functools
 
 from jaxgen import gan_training, training
 from jaxgen.flags import setting
