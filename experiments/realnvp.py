@@ -21,7 +21,6 @@ from jaxgen.layers import PRECISIONS
 
 MODEL = "realnvp"
 DIGITS = ("mnist", "fashion_mnist")
-TRAIN_EVAL_EXAMPLES = 10_000
 PRESETS = ("mnist_cpu", "mnist", "cifar10", "celeba64")
 
 
@@ -101,14 +100,11 @@ def train(config: Config, devices=None, source=None) -> dict:
   import os
 
   import jax
-  from jaxgen import checkpoint, data, gan_training, parallel, realnvp, report
+  from jaxgen import checkpoint, gan_training, parallel, realnvp, report
 
   if devices is None:
     config, devices, source = training.setup(config, MODEL)
-  test = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
-                   seed=config.seed, blob_width=config.blob_width,
-                   blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None,
-                   split="test")
+  test = training.load_split(config, "test")
   model = network(config, source.image_shape, axis_name=parallel.AXIS)
   optimizer = realnvp.optimizer(config.learning_rate, config.clip_norm)
   init_key, train_key, sample_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
@@ -146,16 +142,9 @@ def train(config: Config, devices=None, source=None) -> dict:
       if training.due(done, config.log_every, total):
         writer.metrics(done, parallel.first(metrics), config.batch_size)
       if done % per_epoch == 0 or done == total:
-        current = parallel.unreplicate(state)
-        epoch = done / per_epoch
-        epoch = int(epoch) if epoch == int(epoch) else round(epoch, 3)
-        key = jax.random.fold_in(eval_key, done)
-        evaluate = functools.partial(bits, current)
-        writer.evaluation(done, training.split_means(
-            evaluate, source, key, config.eval_examples or TRAIN_EVAL_EXAMPLES),
-            epoch=epoch, split="train")
-        last = writer.evaluation(done, training.split_means(
-            evaluate, test, key, config.eval_examples or None), epoch=epoch, split="test")
+        evaluate = functools.partial(bits, parallel.unreplicate(state))
+        last = training.evaluate_epoch(writer, done, per_epoch, evaluate, source, test,
+                                       jax.random.fold_in(eval_key, done), config.eval_examples)
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(tree(parallel.unreplicate(state)), fixed_z))
         writer.curves(["bits_per_dim", "grad_norm"], f"RealNVP on {config.dataset}")

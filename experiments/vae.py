@@ -26,7 +26,6 @@ from jaxgen.layers import PRECISIONS
 MODEL = "vae"
 ARCHITECTURES = ("mlp", "conv")
 DIGITS = ("mnist", "fashion_mnist")
-TRAIN_EVAL_EXAMPLES = 10_000  # the train split's evaluation: its first examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,14 +134,11 @@ def train(config: Config, devices=None, source=None) -> dict:
   import os
 
   import jax
-  from jaxgen import checkpoint, data, parallel, report, vae
+  from jaxgen import checkpoint, parallel, report, vae
 
   if devices is None:
     config, devices, source = training.setup(config, MODEL)
-  test = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
-                   seed=config.seed, blob_width=config.blob_width,
-                   blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None,
-                   split="test")
+  test = training.load_split(config, "test")
   model = network(config, source.image_shape)
   optimizer = vae.optimizer(config.optimizer, config.learning_rate)
   init_key, train_key, sample_key, eval_key = jax.random.split(jax.random.PRNGKey(config.seed), 4)
@@ -173,17 +169,9 @@ def train(config: Config, devices=None, source=None) -> dict:
       if training.due(done, config.log_every, total):
         writer.metrics(done, parallel.first(metrics), config.batch_size)
       if done % per_epoch == 0 or done == total:
-        params = parallel.unreplicate(state).params
-        epoch = done / per_epoch
-        epoch = int(epoch) if epoch == int(epoch) else round(epoch, 3)
-        key = jax.random.fold_in(eval_key, done)
-        evaluate = functools.partial(eval_fn, params)
-        train_limit = config.eval_examples or TRAIN_EVAL_EXAMPLES
-        writer.evaluation(done, training.split_means(evaluate, source, key, train_limit),
-                          epoch=epoch, split="train")
-        last = writer.evaluation(
-            done, training.split_means(evaluate, test, key, config.eval_examples or None),
-            epoch=epoch, split="test")
+        evaluate = functools.partial(eval_fn, parallel.unreplicate(state).params)
+        last = training.evaluate_epoch(writer, done, per_epoch, evaluate, source, test,
+                                       jax.random.fold_in(eval_key, done), config.eval_examples)
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(parallel.unreplicate(state).params, fixed_z))
         writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "

@@ -90,11 +90,34 @@ def setup(config: Settings, model: str):
   config = config.resolved(workdir.saved_settings(config.workdir))
   devices = parallel.select_devices(config.num_devices)
   parallel.check_split(config.batch_size, len(devices))
-  source = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
-                     seed=config.seed, blob_width=config.blob_width,
-                     blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None)
+  source = load_split(config)
   workdir.prepare(config, model, source)
   return config, devices, source
+
+
+def load_split(config: Settings, split: str = "train"):
+  """The data source of `split` ("train" or "test") of a resolved config's dataset."""
+  return data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
+                   seed=config.seed, blob_width=config.blob_width,
+                   blob_amplitude=config.blob_amplitude, data_dir=config.data_dir or None,
+                   split=split)
+
+
+# The train split's evaluation at the end of an epoch: its first examples, in a fixed order.
+TRAIN_EVAL_EXAMPLES = 10_000
+
+
+def evaluate_epoch(writer, done: int, per_epoch: int, per_example, train, test, key,
+                   limit: int = 0) -> dict:
+  """The end-of-epoch rows of the likelihood models: `split_means` of per_example(images, key)
+  on the train split's first TRAIN_EVAL_EXAMPLES (or `limit`) examples and on the whole test
+  split (or its first `limit`), written as {"epoch", "split"} rows; returns the test row."""
+  epoch = done / per_epoch
+  epoch = int(epoch) if epoch == int(epoch) else round(epoch, 3)  # a run may end mid-epoch
+  writer.evaluation(done, split_means(per_example, train, key, limit or TRAIN_EVAL_EXAMPLES),
+                    epoch=epoch, split="train")
+  return writer.evaluation(done, split_means(per_example, test, key, limit or None),
+                           epoch=epoch, split="test")
 
 
 def due(done: int, every: int, total: int) -> bool:
