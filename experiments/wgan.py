@@ -5,8 +5,9 @@
     python -m experiments.wgan --dataset=celeba --workdir=runs/wgan_celeba      # 64x64
 
 n_critic critic updates, each followed by clipping every critic weight to [-c, c], then one
-generator update; RMSprop(5e-5) and c = 0.01 as the paper. The critic is WGAN-GP's (no BatchNorm,
-no sigmoid). Writes what every GAN program writes; the same --workdir resumes.
+generator update; RMSprop(5e-5) and c = 0.01 as the paper. The critic is the paper's: DCGAN's
+discriminator with its BatchNorm (which rescales what clipping shrinks) and no sigmoid. Writes what
+every GAN program writes; the same --workdir resumes.
 """
 
 import dataclasses
@@ -45,7 +46,7 @@ class Config(training.Settings):
     return {**super().automatic(), **gan_training.dcgan_automatic(self.dataset)}
 
 
-networks = functools.partial(gan_training.dcgan_networks, critic=True)
+networks = functools.partial(gan_training.dcgan_networks, critic=False)  # BatchNorm kept
 
 
 def optimizers(config: Config):

@@ -35,11 +35,20 @@ def clip_weights(params, clip: float):
   return jax.tree.map(lambda w: jnp.clip(w, -clip, clip), params)
 
 
-def critic_loss(d_params, real, fake, *, critic: nn.Module):
-  """L_D = mean D(G(z)) - mean D(x) on one batch, with the metrics it logs."""
-  wasserstein = (jnp.mean(critic.apply({"params": d_params}, real))
-                 - jnp.mean(critic.apply({"params": d_params}, fake)))
-  return -wasserstein, {"critic_loss": -wasserstein, "wasserstein": wasserstein}
+def apply_critic(critic: nn.Module, d_params, d_stats, x):
+  """(scores, new BatchNorm statistics): a critic with BatchNorm (the paper's DCGAN critic) in
+  training mode, one without as it is."""
+  if jax.tree.leaves(d_stats):
+    return apply_train(critic, d_params, d_stats, x)
+  return critic.apply({"params": d_params}, x), d_stats
+
+
+def critic_loss(d_params, d_stats, real, fake, *, critic: nn.Module):
+  """L_D = mean D(G(z)) - mean D(x) on one batch; (loss, (metrics, new BatchNorm statistics))."""
+  d_real, d_stats = apply_critic(critic, d_params, d_stats, real)
+  d_fake, d_stats = apply_critic(critic, d_params, d_stats, fake)
+  wasserstein = jnp.mean(d_real) - jnp.mean(d_fake)
+  return -wasserstein, ({"critic_loss": -wasserstein, "wasserstein": wasserstein}, d_stats)
 
 
 def wasserstein_step(state: GANState, real: jax.Array, key: jax.Array, *, generator: nn.Module,
@@ -48,8 +57,9 @@ def wasserstein_step(state: GANState, real: jax.Array, key: jax.Array, *, genera
                      constrain: Optional[Callable] = None, axis_name=None):
   """One generator update after `real.shape[0]` (= n_critic) critic updates.
 
-  critic_loss(d_params, real, fake, key) -> (loss, metrics): one batch's critic loss; `key` is
-    this update's own for any draws of its own (WGAN-GP's interpolation weights).
+  critic_loss(d_params, d_stats, real, fake, key) -> (loss, (metrics, d_stats)): one batch's
+    critic loss and the critic's new BatchNorm statistics ({} for a critic without BatchNorm);
+    `key` is this update's own for any draws of its own (WGAN-GP's interpolation weights).
   constrain(d_params) -> d_params: applied after every critic update (WGAN's clipping).
   real: (n_critic, batch, H, W, C) images in [-1, 1], one batch per critic update (this device's
     part of the global batch under pmap). key: the run's base key; this step draws from
@@ -59,44 +69,47 @@ def wasserstein_step(state: GANState, real: jax.Array, key: jax.Array, *, genera
   Returns the new state and metrics (critic metrics averaged over the critic updates, and
   generator_loss).
   """
-  if jax.tree.leaves(state.d_batch_stats):
-    raise ValueError("the Wasserstein steps take a critic without BatchNorm (d_batch_stats is "
-                     "not empty): use jaxgen.dcgan.Critic, not the Discriminator")
   n_critic, batch = real.shape[:2]
   key = jax.random.fold_in(key, state.step)
   latent = (batch, generator.latent_dim)
 
   @jax.jit  # traced once and called n_critic times: half the tracing time of inlined code
-  def critic_update(d_params, d_opt_state, g_stats, real, key):
+  def critic_update(d_params, d_opt_state, d_stats, g_stats, real, key):
     k_z, k_loss = jax.random.split(key)
     z = draw(jax.random.normal, k_z, latent, axis_name)
     fake, g_stats = apply_train(generator, state.g_params, g_stats, z)
-    grads, metrics = jax.grad(critic_loss, has_aux=True)(d_params, real, fake, k_loss)
+    grads, (metrics, d_stats) = jax.grad(critic_loss, has_aux=True)(
+        d_params, d_stats, real, fake, k_loss)
     updates, d_opt_state = d_optimizer.update(pmean(grads, axis_name), d_opt_state, d_params)
     d_params = optax.apply_updates(d_params, updates)
-    return (d_params if constrain is None else constrain(d_params)), d_opt_state, g_stats, metrics
+    d_params = d_params if constrain is None else constrain(d_params)
+    return d_params, d_opt_state, d_stats, g_stats, metrics
 
   d_params, d_opt_state, g_stats = state.d_params, state.d_opt_state, state.g_batch_stats
+  d_stats = state.d_batch_stats
   history = []
   for i in range(n_critic):  # unrolled: XLA:CPU ran a rolled lax.scan of these ~40x slower
-    d_params, d_opt_state, g_stats, metrics = critic_update(
-        d_params, d_opt_state, g_stats, real[i], jax.random.fold_in(key, i))
+    d_params, d_opt_state, d_stats, g_stats, metrics = critic_update(
+        d_params, d_opt_state, d_stats, g_stats, real[i], jax.random.fold_in(key, i))
     history.append(metrics)
 
   z = draw(jax.random.normal, jax.random.fold_in(key, n_critic), latent, axis_name)
 
   def generator_loss(g_params):
     fake, stats = apply_train(generator, g_params, g_stats, z)
-    return -jnp.mean(critic.apply({"params": d_params}, fake)), stats
+    scores, new_d_stats = apply_critic(critic, d_params, d_stats, fake)
+    return -jnp.mean(scores), (stats, new_d_stats)
 
-  (g_loss, g_stats), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(state.g_params)
+  (g_loss, (g_stats, d_stats)), g_grads = jax.value_and_grad(generator_loss, has_aux=True)(
+      state.g_params)
   updates, g_opt_state = g_optimizer.update(pmean(g_grads, axis_name), state.g_opt_state,
                                             state.g_params)
   metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *history)
   metrics["generator_loss"] = g_loss
   new_state = state.replace(
       step=state.step + 1, g_params=optax.apply_updates(state.g_params, updates),
-      g_batch_stats=g_stats, g_opt_state=g_opt_state, d_params=d_params, d_opt_state=d_opt_state)
+      g_batch_stats=g_stats, g_opt_state=g_opt_state, d_params=d_params, d_opt_state=d_opt_state,
+      d_batch_stats=d_stats)
   return new_state, pmean(metrics, axis_name)
 
 
@@ -111,7 +124,8 @@ def train_step(state: GANState, real: jax.Array, key: jax.Array, *, generator: n
   new_state, metrics = wasserstein_step(
       state, real, key, generator=generator, critic=critic, g_optimizer=g_optimizer,
       d_optimizer=d_optimizer,
-      critic_loss=lambda d_params, real, fake, _: critic_loss(d_params, real, fake, critic=critic),
+      critic_loss=lambda d_params, d_stats, real, fake, _: critic_loss(
+          d_params, d_stats, real, fake, critic=critic),
       constrain=lambda d_params: clip_weights(d_params, clip), axis_name=axis_name)
   metrics["combined_loss"] = metrics["critic_loss"] + metrics["generator_loss"]
   return new_state, metrics

@@ -67,9 +67,14 @@ def train_step(state: GANState, real: jax.Array, key: jax.Array, *, generator: n
     draws what an uninterrupted one would.
   Returns the new state and metrics (critic metrics averaged over the critic updates).
   """
-  def penalised_loss(d_params, real, fake, key):
+  if jax.tree.leaves(state.d_batch_stats):
+    raise ValueError("WGAN-GP takes a critic without BatchNorm (its penalty is per example): "
+                     "use jaxgen.dcgan.Critic, not the Discriminator")
+
+  def penalised_loss(d_params, d_stats, real, fake, key):
     eps = draw(jax.random.uniform, key, (real.shape[0], 1, 1, 1), axis_name)
-    return critic_loss(d_params, real, fake, eps, critic=critic, gp_weight=gp_weight)
+    loss, metrics = critic_loss(d_params, real, fake, eps, critic=critic, gp_weight=gp_weight)
+    return loss, (metrics, d_stats)
 
   return wasserstein_step(state, real, key, generator=generator, critic=critic,
                           g_optimizer=optimizer, d_optimizer=optimizer,

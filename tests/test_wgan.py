@@ -30,14 +30,15 @@ def test_critic_loss_is_its_closed_form():
   fake = jax.random.normal(jax.random.PRNGKey(1), (5, 3, 3, 2)) + 0.5
   critic = LinearCritic()
   params = critic.init(jax.random.PRNGKey(2), real)["params"]
-  loss, metrics = wgan.critic_loss(params, real, fake, critic=critic)
+  loss, (metrics, stats) = wgan.critic_loss(params, {}, real, fake, critic=critic)
+  assert stats == {}
   # mean D(fake) - mean D(real) = <a, mean fake - mean real>: the bias cancels
   a = np.asarray(params["a"], np.float64)
   mean_gap = np.asarray(fake, np.float64).mean(0) - np.asarray(real, np.float64).mean(0)
   expected = np.sum(a * mean_gap)
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["wasserstein"], -expected, rtol=1e-5)
-  grads = jax.grad(lambda p: wgan.critic_loss(p, real, fake, critic=critic)[0])(params)
+  grads = jax.grad(lambda p: wgan.critic_loss(p, {}, real, fake, critic=critic)[0])(params)
   np.testing.assert_allclose(grads["a"], np.mean(fake, 0) - np.mean(real, 0), rtol=1e-5,
                              atol=1e-6)
   assert float(grads["b"]) == 0.0
@@ -168,7 +169,26 @@ def test_bad_settings_are_clear_errors():
   optimizer = wgan.optimizer()
   state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=discriminator,
                          g_optimizer=optimizer, d_optimizer=optimizer, image_shape=(16, 16, 1))
-  with pytest.raises(ValueError, match="critic without BatchNorm"):
-    wgan.train_step(state, jnp.zeros((1, 2, 16, 16, 1)), jax.random.PRNGKey(0),
-                    generator=generator, critic=discriminator, g_optimizer=optimizer,
-                    d_optimizer=optimizer)
+  from jaxgen import wgan_gp
+  with pytest.raises(ValueError, match="WGAN-GP takes a critic without BatchNorm"):
+    wgan_gp.train_step(state, jnp.zeros((1, 2, 16, 16, 1)), jax.random.PRNGKey(0),
+                       generator=generator, critic=discriminator, optimizer=optimizer)
+
+
+def test_a_critic_with_batchnorm_as_in_the_paper():
+  """WGAN's critic may normalise (the paper's DCGAN critic did): its running statistics move
+  with the critic's calls, and clipping still bounds every parameter."""
+  generator = dcgan.Generator(16, 1, 4, LATENT)
+  critic = dcgan.Discriminator(16, 4)
+  optimizer = wgan.optimizer()
+  state = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
+                         g_optimizer=optimizer, d_optimizer=optimizer, image_shape=(16, 16, 1))
+  real = jax.random.uniform(jax.random.PRNGKey(1), (2, 4, 16, 16, 1), minval=-1.0, maxval=1.0)
+  new, metrics = jax.jit(lambda s, r, k: wgan.train_step(
+      s, r, k, generator=generator, critic=critic, g_optimizer=optimizer, d_optimizer=optimizer,
+      clip=0.01))(state, real, jax.random.PRNGKey(2))
+  chex.assert_tree_all_finite((new, metrics))
+  before = jax.tree.leaves(state.d_batch_stats)
+  after = jax.tree.leaves(new.d_batch_stats)
+  assert before and all(not np.array_equal(a, b) for a, b in zip(before, after))
+  assert max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(new.d_params)) <= 0.01
