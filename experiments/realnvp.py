@@ -149,7 +149,7 @@ def train(config: Config, devices=None, source=None) -> dict:
         writer.grid(f"step_{done:06d}.png", generate(tree(parallel.unreplicate(state)), fixed_z))
         writer.curves(["bits_per_dim", "grad_norm"], f"RealNVP on {config.dataset}")
       if training.due(done, config.checkpoint_every, total) or done % per_epoch == 0:
-        checkpoints.save(done, parallel.to_host(state), {"data_position": done})
+        checkpoints.save(done, parallel.first(state), {"data_position": done})
     if start < total:  # interpolation in z between random draws (no sweep: z is image-sized)
       interpolation, _ = gan_training.latent_grids(
           functools.partial(generate, tree(parallel.unreplicate(state))), fixed_z.shape[1],

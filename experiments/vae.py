@@ -177,7 +177,7 @@ def train(config: Config, devices=None, source=None) -> dict:
         writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "
                       f"{config.dataset}")
       if training.due(done, config.checkpoint_every, total) or done % per_epoch == 0:
-        checkpoints.save(done, parallel.to_host(state), {"data_position": done})
+        checkpoints.save(done, parallel.first(state), {"data_position": done})
     params = parallel.unreplicate(state).params
     if start < total:
       analyses(config, writer, model, params, test, sample_key)

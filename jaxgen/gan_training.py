@@ -162,7 +162,7 @@ def train(config, *, model: str, networks: Callable, optimizers: Callable, step:
         writer.grid(f"step_{done:06d}.png", sample_fn(parallel.unreplicate(state), fixed_z))
         writer.curves(curves, f"{title} on {config.dataset}")
       if training.due(done, config.checkpoint_every, config.steps):
-        checkpoints.save(done, parallel.to_host(state), {"data_position": done * n})
+        checkpoints.save(done, parallel.first(state), {"data_position": done * n})
     if start < config.steps:  # what each latent direction does, at the end of training
       generate = functools.partial(sample_fn, parallel.unreplicate(state))
       interpolation, sweep = latent_grids(generate, generator.latent_dim, sample_key)

@@ -87,13 +87,9 @@ def unreplicate(tree):
 
 
 def first(tree):
-  """The first device's copy of a replicated tree, copied to the host (numpy)."""
+  """The first device's copy of a replicated tree, copied to the host (numpy): a step's metrics,
+  or a state to checkpoint."""
   return jax.device_get(unreplicate(tree))
-
-
-def to_host(tree):
-  """A replicated state as one host copy, for checkpoints."""
-  return first(tree)
 
 
 def pmap_step(step: Callable, devices: Sequence, *, donate: bool = True):
