@@ -24,28 +24,18 @@ CURVES = ["d_loss", "g_loss", "combined_loss", "d_accuracy_real", "d_accuracy_fa
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(gan_training.LossSettings):
+class Config(gan_training.LossSettings, gan_training.ConvSettings):
   steps: int = setting(3000, "generator updates to train for (each after d_steps discriminator "
                              "updates)")
   workdir: str = setting("runs/dcgan", "where the run's files go; an existing run is resumed")
-  latent_dim: int = setting(0, "latent size; 0 picks 32 for blobs1, 64 for blobs10, 100 otherwise")
-  width: int = setting(0, "channels of the networks' outermost hidden layers; 0 picks DCGAN's 64, "
-                          "or 32 for the blobs")
   learning_rate: float = setting(2e-4, "Adam learning rate of each network (DCGAN's)")
   b1: float = setting(0.5, "Adam's first-moment decay (DCGAN's 0.5)")
-
-  AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
 
   def __post_init__(self):
     super().__post_init__()
     if self.learning_rate <= 0 or not 0 <= self.b1 < 1:
       raise ValueError(f"--learning_rate must be positive and --b1 in [0, 1), got "
                        f"{self.learning_rate} and {self.b1}")
-    if self.image_size:
-      dcgan.num_upsamplings(self.image_size)
-
-  def automatic(self) -> dict:
-    return {**super().automatic(), **gan_training.dcgan_automatic(self.dataset)}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=False)

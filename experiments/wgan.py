@@ -13,7 +13,7 @@ every GAN program writes; the same --workdir resumes.
 import dataclasses
 import functools
 
-from jaxgen import dcgan, gan_training, training
+from jaxgen import gan_training, training
 from jaxgen.flags import setting
 
 MODEL = "wgan"
@@ -21,29 +21,20 @@ CURVES = ["critic_loss", "generator_loss", "wasserstein", "combined_loss"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(training.Settings):
+class Config(gan_training.ConvSettings):
   steps: int = setting(3000, "generator updates to train for (each after n_critic critic updates)")
   workdir: str = setting("runs/wgan", "where the run's files go; an existing run is resumed")
-  latent_dim: int = setting(0, "latent size; 0 picks 32 for blobs1, 64 for blobs10, 100 otherwise")
-  width: int = setting(0, "channels of the networks' outermost hidden layers; 0 picks DCGAN's 64, "
-                          "or 32 for the blobs")
   n_critic: int = setting(5, "critic updates per generator update")
   clip: float = setting(0.01, "every critic weight is clipped to [-clip, clip] after each update")
   learning_rate: float = setting(5e-5, "RMSprop learning rate of both networks")
 
   POSITIVE = training.Settings.POSITIVE + ("n_critic",)
-  AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
 
   def __post_init__(self):
     super().__post_init__()
     if self.learning_rate <= 0 or self.clip <= 0:
       raise ValueError(f"--learning_rate and --clip must be positive, got {self.learning_rate} "
                        f"and {self.clip}")
-    if self.image_size:
-      dcgan.num_upsamplings(self.image_size)
-
-  def automatic(self) -> dict:
-    return {**super().automatic(), **gan_training.dcgan_automatic(self.dataset)}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=False)  # BatchNorm kept

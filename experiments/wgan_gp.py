@@ -12,7 +12,7 @@ from its latest checkpoint.
 import dataclasses
 import functools
 
-from jaxgen import dcgan, gan_training, training
+from jaxgen import gan_training, training
 from jaxgen.flags import setting
 
 MODEL = "wgan_gp"
@@ -20,33 +20,25 @@ CURVES = ["critic_loss", "generator_loss", "wasserstein", "gradient_penalty", "g
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(training.Settings):
+class Config(gan_training.ConvSettings):
   batch_size: int = setting(0, "global batch per critic update, split over the devices; 0 picks "
                                "32 for the blobs (more steps per minute), 64 otherwise")
   steps: int = setting(3000, "generator updates to train for (each after n_critic critic updates)")
   workdir: str = setting("runs/wgan_gp", "where the run's files go; an existing run is resumed")
-  latent_dim: int = setting(0, "latent size; 0 picks 32 for blobs1, 64 for blobs10, 100 otherwise")
-  width: int = setting(0, "channels of the networks' outermost hidden layers; 0 picks DCGAN's 64, "
-                          "or 32 for the blobs (four times less work)")
   n_critic: int = setting(5, "critic updates per generator update")
   gp_weight: float = setting(10.0, "gradient penalty weight lambda")
   learning_rate: float = setting(1e-4, "Adam learning rate (b1=0, b2=0.9) of both networks")
 
   POSITIVE = training.Settings.POSITIVE + ("n_critic",)
-  AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
 
   def __post_init__(self):
     super().__post_init__()
     if self.learning_rate <= 0 or self.gp_weight < 0:
       raise ValueError(f"--learning_rate must be positive and --gp_weight non-negative, got "
                        f"{self.learning_rate} and {self.gp_weight}")
-    if self.image_size:
-      dcgan.num_upsamplings(self.image_size)
 
   def automatic(self) -> dict:
-    blobs = self.dataset.startswith("blobs")
-    return {**super().automatic(), "batch_size": 32 if blobs else 64,
-            **gan_training.dcgan_automatic(self.dataset)}
+    return {**super().automatic(), "batch_size": 32 if self.dataset.startswith("blobs") else 64}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=True)

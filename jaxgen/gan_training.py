@@ -52,12 +52,28 @@ class LossSettings(training.Settings):
     return tuple(values)
 
 
-def dcgan_automatic(dataset: str) -> dict:
-  """Width and latent size of the DCGAN-style networks when given as 0: DCGAN's 64 and 100, or
-  32 channels and a latent of 32 (one blob) or 64 (ten blobs) for the blob images."""
-  blobs = dataset.startswith("blobs")
-  return {"width": 32 if blobs else 64,
-          "latent_dim": {"blobs1": 32, "blobs10": 64}.get(dataset, 100)}
+@dataclasses.dataclass(frozen=True)
+class ConvSettings(training.Settings):
+  """The settings of the programs on DCGAN-style networks (DCGAN, WGAN, WGAN-GP): latent size and
+  width, automatic from the dataset, and an image size those networks can make."""
+  latent_dim: int = setting(0, "latent size; 0 picks 32 for blobs1, 64 for blobs10, 100 otherwise")
+  width: int = setting(0, "channels of the networks' outermost hidden layers; 0 picks DCGAN's 64, "
+                          "or 32 for the blobs (four times less work)")
+
+  AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.image_size:
+      from jaxgen import dcgan
+      dcgan.num_upsamplings(self.image_size)  # a one-line error for a size they cannot make
+
+  def automatic(self) -> dict:
+    """DCGAN's width 64 and latent 100, or 32 channels and a latent of 32 (one blob) or 64 (ten
+    blobs) for the blob images."""
+    blobs = self.dataset.startswith("blobs")
+    return {**super().automatic(), "width": 32 if blobs else 64,
+            "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
 def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):

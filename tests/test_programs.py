@@ -117,6 +117,20 @@ def test_weight_clipping_holds_after_training(tmp_path):
   assert np.abs(weights).max() <= 0.003 and np.abs(weights).max() > 0.002
 
 
+@pytest.mark.parametrize("name", ["dcgan", "wgan", "wgan_gp"])
+def test_the_convolutional_programs_share_their_network_settings(name):
+  config = importlib.import_module(f"experiments.{name}").Config
+  resolved = lambda **kw: config(**kw).resolved()
+  assert (resolved().width, resolved().latent_dim) == (32, 32)
+  assert (resolved(dataset="blobs10").latent_dim, resolved(dataset="celeba").width) == (64, 64)
+  assert (resolved(dataset="mnist", width=16).width, resolved(dataset="mnist").latent_dim) == \
+      (16, 100)
+  with pytest.raises(ValueError, match="power of two"):
+    config(image_size=48)
+  with pytest.raises(ValueError, match="--width must be 0"):
+    config(width=-1)
+
+
 @pytest.mark.parametrize("name, flag, message", [
     ("gan", "--preset=huge", "--preset must be one of one_hidden_layer, deep_batchnorm"),
     ("gan", "--real_label=0.9,0.7", "--real_label must be a value or low,high within [0, 1]"),
