@@ -33,13 +33,17 @@ class Config(gan_training.LossSettings):
                                             + " | ".join(PRESETS))
   latent_dim: int = setting(0, "latent size; 0 picks the preset's (100)")
   learning_rate: float = setting(0.0, "Adam learning rate of each network; 0 picks the preset's")
+  b1: float = setting(0.0, "Adam's first-moment decay; 0 picks the preset's (0.5 for "
+                           "one_hidden_layer, 0.9 for deep_batchnorm)")
 
-  AUTOMATIC = training.Settings.AUTOMATIC + ("latent_dim", "learning_rate")
+  AUTOMATIC = training.Settings.AUTOMATIC + ("latent_dim", "learning_rate", "b1")
 
   def __post_init__(self):
     super().__post_init__()
     if self.preset not in PRESETS:
       raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+    if not 0 <= self.b1 < 1:
+      raise ValueError(f"--b1 must be in (0, 1), or 0 for the preset's, got {self.b1}")
 
   def automatic(self) -> dict:
     from jaxgen import mlp_gan
@@ -47,7 +51,8 @@ class Config(gan_training.LossSettings):
     digits = self.dataset.split("/")[0] in ("mnist", "fashion_mnist")
     return {**super().automatic(), "batch_size": chosen.batch_size,
             **({"image_size": 28} if digits else {}),  # the studies' 784 inputs, unpadded
-            "latent_dim": chosen.generator.latent_dim, "learning_rate": chosen.learning_rate}
+            "latent_dim": chosen.generator.latent_dim, "learning_rate": chosen.learning_rate,
+            "b1": chosen.b1}
 
 
 def _preset(config: Config, image_shape=(32, 32, 1), axis_name=None):
@@ -61,7 +66,7 @@ def networks(config: Config, channels: int, axis_name=None):
 
 
 def optimizers(config: Config):
-  chosen = dataclasses.replace(_preset(config), learning_rate=config.learning_rate)
+  chosen = dataclasses.replace(_preset(config), learning_rate=config.learning_rate, b1=config.b1)
   return chosen.optimizer(), chosen.optimizer()
 
 

@@ -94,6 +94,22 @@ def test_sigmoid_output_is_mapped_onto_the_data_range():
     mlp_gan.preset("nope")
 
 
+def test_mlp_discriminator_reads_brightness_so_black_sits_at_every_kink():
+  d = mlp_gan.Discriminator((5, 3))
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 2, 3, 1), minval=-1.0, maxval=1.0)
+  params = d.init(jax.random.PRNGKey(1), x)["params"]
+  # Biases start at zero, so a black image (-1 everywhere) is a zero input to every layer.
+  assert float(np.abs(d.apply({"params": params}, -jnp.ones((1, 2, 3, 1)))).max()) == 0.0
+  h = (np.asarray(x, np.float64).reshape(4, -1) + 1.0) / 2.0  # the network by hand
+  layers = [(np.asarray(p["kernel"]), np.asarray(p["bias"])) for p in
+            (params[f"Dense_{i}"] for i in range(3))]
+  for kernel, bias in layers[:2]:
+    h = h @ kernel + bias[None]
+    h = np.where(h > 0, h, 0.2 * h)
+  logits = (h @ layers[2][0] + layers[2][1][None])[:, 0]
+  np.testing.assert_allclose(d.apply({"params": params}, x), logits, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("module, x, kwargs", [
     (dcgan.Generator(16, 3, 8, 6), jnp.ones((2, 6)), {"train": True}),
     (dcgan.Critic(16, 8), jnp.ones((2, 16, 16, 3)), {}),

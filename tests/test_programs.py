@@ -131,6 +131,17 @@ def test_the_convolutional_programs_share_their_network_settings(name):
     config(width=-1)
 
 
+def test_the_mlp_gan_takes_its_preset_optimizer_unless_told():
+  from experiments import gan
+  resolved = lambda **kw: gan.Config(**kw).resolved()
+  assert (resolved().learning_rate, resolved().b1) == (2e-4, 0.5)
+  assert (resolved(preset="deep_batchnorm").learning_rate,
+          resolved(preset="deep_batchnorm").b1) == (1e-5, 0.9)
+  assert resolved(preset="deep_batchnorm", b1=0.5).b1 == 0.5
+  with pytest.raises(ValueError, match="--b1 must be in"):
+    gan.Config(b1=1.0)
+
+
 @pytest.mark.parametrize("name, flag, message", [
     ("gan", "--preset=huge", "--preset must be one of one_hidden_layer, deep_batchnorm"),
     ("gan", "--real_label=0.9,0.7", "--real_label must be a value or low,high within [0, 1]"),
