@@ -1,16 +1,19 @@
 """Train the original GAN (Goodfellow et al. 2014) with fully connected networks, in two studies'
 configurations (jaxgen/mlp_gan.py).
 
-    python -m experiments.gan                                      # one blob per 32x32 image
     python -m experiments.gan --dataset=mnist --data_dir=~/tfds --workdir=runs/gan_mnist
+    python -m experiments.gan --preset=deep_batchnorm --learning_rate=1e-4 --b1=0.5  # blobs
     python -m experiments.gan --preset=deep_batchnorm --loss=minimax --real_label=0.7,0.9
     python -m experiments.gan --d_steps=2                          # k of Algorithm 1
 
 Presets: one_hidden_layer (generator z-128-image with LeakyReLU and tanh, discriminator with one
 128-unit LeakyReLU layer, Adam 2e-4, b1 0.5) and deep_batchnorm (generator of four
 Linear-BatchNorm-ReLU blocks then Linear-sigmoid, discriminator of three Linear-LeakyReLU blocks,
-Adam 1e-5); both latent 100 and batch 128. Writes what every GAN program writes; the same
---workdir resumes.
+Adam 1e-5); both latent 100 and batch 128. On the blob images only the deep generator learns
+(with DCGAN's b1, as above; README gives what it makes): the one-hidden-layer one, without
+BatchNorm, first makes every image black, its tanh outputs saturated, and then lights the same
+few pixels for every latent.
+Writes what every GAN program writes; the same --workdir resumes.
 """
 
 import dataclasses
