@@ -9,8 +9,11 @@ warning. Saves are synchronous, so a process never exits with one in flight and 
 Nothing non-finite is ever written: `save` checks the state first.
 """
 
+import contextlib
 import dataclasses
 import errno
+import io
+import logging
 import os
 import shutil
 import sys
@@ -54,6 +57,29 @@ def is_complete(folder: str) -> bool:
 
 def _warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _orbax_errors_unlogged():
+  """Orbax logs each failed write's traceback from its threads, and tensorstore's callbacks print
+  more into an event loop orbax has closed (some thirty for one full disk); `save` reports the
+  failure itself, in one line. What a save that succeeds prints is passed on."""
+  quiet = logging.Filter()
+  quiet.filter = lambda record: record.levelno < logging.ERROR
+  logger = logging.getLogger("absl")
+  logger.addFilter(quiet)
+  stderr, sys.stderr = sys.stderr, io.StringIO()
+  failed = True
+  try:
+    yield
+    failed = False
+  finally:
+    if failed:
+      time.sleep(1.0)  # the writes still in flight fail within milliseconds, and print then
+    captured, sys.stderr = sys.stderr.getvalue(), stderr
+    logger.removeFilter(quiet)
+    if not failed:
+      stderr.write(captured)
 
 
 def disk_full(error: BaseException) -> bool:
@@ -123,9 +149,10 @@ class Checkpoints:
           f"checkpoint in {self.directory} is kept: lower --learning_rate and resume from it")
     last = self.latest_step()
     try:
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-      self._manager.wait_until_finished()
+      with _orbax_errors_unlogged():
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        self._manager.wait_until_finished()
     except (OSError, ValueError) as error:
       for name in os.listdir(self.directory):
         if name.startswith(f"{step}{PARTIAL_MARK}"):
@@ -189,6 +216,8 @@ def _check_shapes(target, metadata, what: str) -> None:
   """A one-line error when the saved arrays are not those of `target` (another model, or the
   same model with other sizes), naming the first array that differs."""
   wanted = {_path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(target)[0]}
+  # Parameters first: the optimizer's state differs wherever they do, and says less.
+  wanted = dict(sorted(wanted.items(), key=lambda item: "opt" in item[0]))
   saved = {_path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(metadata)[0]}
   hint = ("it was saved by a run with other settings (its config.json has them); resume with "
           "those or choose a new --workdir")

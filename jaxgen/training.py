@@ -222,16 +222,20 @@ class Stopped(Exception):
 
 
 class StopRequest:
-  """What the loop asks at every step boundary: `requested` (save now), then `check(step)`
-  (raises `Stopped`). A second Ctrl-C does not wait for the step: it interrupts at once."""
+  """What the loop asks at every step boundary: `requested` (then it saves the step), and
+  `check(step)`, which raises `Stopped` once a request was seen by `requested`: a signal that
+  comes after the step's save decision waits for the next step's. A second Ctrl-C does not wait
+  for the step: it interrupts at once."""
 
   def __init__(self, start: int):
     self.signum = None
+    self.seen = False
     self.done = start  # the last step the loop finished
 
   @property
   def requested(self) -> bool:
-    return self.signum is not None
+    self.seen = self.seen or self.signum is not None
+    return self.seen
 
   def handle(self, signum, frame) -> None:
     if self.signum is not None and signum == signal.SIGINT:
@@ -242,7 +246,7 @@ class StopRequest:
 
   def check(self, step: int) -> None:
     self.done = step
-    if self.requested:
+    if self.seen:
       raise Stopped(self.signum, step)
 
 
