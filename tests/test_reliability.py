@@ -88,6 +88,13 @@ def final_tree(run):
   return tree, meta, step
 
 
+def latest_step_of(run):
+  """The latest checkpoint's step, or None."""
+  folder = os.path.join(run, "checkpoints")
+  return checkpoint.Checkpoints(folder, read_only=True).latest_step() if os.path.isdir(
+      folder) else None
+
+
 def losses(run) -> list:
   """The metrics rows without their timings."""
   return [{k: v for k, v in row.items() if not k.endswith("_per_s")}
