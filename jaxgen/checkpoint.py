@@ -104,9 +104,8 @@ class Checkpoints:
     if not read_only:
       self._tidy()
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only,
-            enable_async_checkpointing=False),
+        self.directory, options=ocp.CheckpointManagerOptions(  # (orbax's read_only warns thrice)
+            max_to_keep=keep, create=not read_only, enable_async_checkpointing=False),
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler()})
 
@@ -143,6 +142,8 @@ class Checkpoints:
     """Saves `state` (a pytree of arrays) and `meta` (JSON: data position and the like), and
     returns when it is on disk. A failed write raises `SaveError`; the folder is left with its
     last good checkpoint and no remains of the failed one."""
+    if self.read_only:
+      raise ValueError(f"{self.directory} was opened for reading; not saving step {step}")
     if not is_finite(state):
       raise FloatingPointError(
           f"training state became non-finite by step {step}; not saving it. The last good "
