@@ -135,7 +135,7 @@ def train(config: Config, devices=None, source=None) -> dict:
   batches = parallel.device_batches(source.batch, devices, start)
   state = parallel.replicate(state, devices)
   last = {}
-  try:
+  with training.guarded(config, start, checkpoints, batches, writer) as stop:
     for i in range(start, total):
       state, metrics = step_fn(state, next(batches), train_key)
       done = i + 1
@@ -148,17 +148,15 @@ def train(config: Config, devices=None, source=None) -> dict:
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(tree(parallel.unreplicate(state)), fixed_z))
         writer.curves(["bits_per_dim", "grad_norm"], f"RealNVP on {config.dataset}")
-      if training.due(done, config.checkpoint_every, total) or done % per_epoch == 0:
+      if (training.due(done, config.checkpoint_every, total) or done % per_epoch == 0
+          or stop.requested):
         checkpoints.save(done, parallel.first(state), {"data_position": done})
+      stop.check(done)
     if start < total:  # interpolation in z between random draws (no sweep: z is image-sized)
       interpolation, _ = gan_training.latent_grids(
           functools.partial(generate, tree(parallel.unreplicate(state))), fixed_z.shape[1],
           sample_key)
       writer.grid("interpolation.png", interpolation)
-  finally:
-    batches.close()
-    writer.close()
-    checkpoints.close()
   return last
 
 

@@ -56,7 +56,7 @@ def load_sampler(workdir_path: str):
   names = {f.name for f in dataclasses.fields(program.Config)}
   config = program.Config(**{k: v for k, v in settings.items() if k in names})
   latent_shape, generate = program.sampler(config, tuple(settings["image_shape"]))
-  checkpoints = checkpoint.Checkpoints(os.path.join(workdir_path, "checkpoints"))
+  checkpoints = checkpoint.Checkpoints(os.path.join(workdir_path, "checkpoints"), read_only=True)
   try:
     tree, _ = checkpoints.restore_tree()
     step = checkpoints.latest_step()

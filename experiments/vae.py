@@ -162,7 +162,7 @@ def train(config: Config, devices=None, source=None) -> dict:
   batches = parallel.device_batches(source.batch, devices, start)
   state = parallel.replicate(state, devices)
   last = {}
-  try:
+  with training.guarded(config, start, checkpoints, batches, writer) as stop:
     for i in range(start, total):
       state, metrics = step_fn(state, next(batches), train_key)
       done = i + 1
@@ -176,8 +176,10 @@ def train(config: Config, devices=None, source=None) -> dict:
         writer.grid(f"step_{done:06d}.png", generate(parallel.unreplicate(state).params, fixed_z))
         writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "
                       f"{config.dataset}")
-      if training.due(done, config.checkpoint_every, total) or done % per_epoch == 0:
+      if (training.due(done, config.checkpoint_every, total) or done % per_epoch == 0
+          or stop.requested):
         checkpoints.save(done, parallel.first(state), {"data_position": done})
+      stop.check(done)
     params = parallel.unreplicate(state).params
     if start < total:
       analyses(config, writer, model, params, test, sample_key)
@@ -185,10 +187,6 @@ def train(config: Config, devices=None, source=None) -> dict:
       last["log_likelihood"] = importance_log_likelihood(config, model, params, test, eval_key)
       writer.evaluation(total, {"log_likelihood": last["log_likelihood"]},
                         split="test", iw_samples=config.iw_samples)
-  finally:
-    batches.close()
-    writer.close()
-    checkpoints.close()
   return last
 
 

@@ -194,7 +194,7 @@ def load(directory: str) -> tuple:
   model = Classifier(config["num_classes"], config["width"], config["feature_dim"])
   like = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
                                            jnp.zeros((1, *config["image_shape"])))["params"])
-  checkpoints = checkpoint.Checkpoints(os.path.join(directory, "checkpoints"), keep=1)
+  checkpoints = checkpoint.Checkpoints(os.path.join(directory, "checkpoints"), read_only=True)
   params, _ = checkpoints.restore(like)
   checkpoints.close()
   return model, params, config

@@ -167,26 +167,23 @@ def train(config, *, model: str, networks: Callable, optimizers: Callable, step:
       batch_axis=1)
   state = parallel.replicate(state, devices)
   last = {}
-  try:
+  with training.guarded(config, start, checkpoints, batches, writer) as stop:
     for i in range(start, config.steps):
       state, metrics = step_fn(state, next(batches), train_key)
       done = i + 1
-      if training.due(done, config.log_every, config.steps) or training.due(
-          done, config.checkpoint_every, config.steps):
+      save = training.due(done, config.checkpoint_every, config.steps) or stop.requested
+      if training.due(done, config.log_every, config.steps) or save:
         last = writer.metrics(done, parallel.first(metrics), n * config.batch_size)
       if training.due(done, config.sample_every, config.steps):
         writer.grid(f"step_{done:06d}.png", sample_fn(parallel.unreplicate(state), fixed_z))
         writer.curves(curves, f"{title} on {config.dataset}")
-      if training.due(done, config.checkpoint_every, config.steps):
+      if save:
         checkpoints.save(done, parallel.first(state), {"data_position": done * n})
+      stop.check(done)
     if start < config.steps:  # what each latent direction does, at the end of training
       generate = functools.partial(sample_fn, parallel.unreplicate(state))
       interpolation, sweep = latent_grids(generate, generator.latent_dim, sample_key)
       writer.grid("interpolation.png", interpolation)
       writer.grid("sweep.png", sweep)
-  finally:
-    batches.close()
-    writer.close()
-    checkpoints.close()
   return last
 

@@ -18,8 +18,10 @@ import concurrent.futures
 import difflib
 import hashlib
 import json
+import math
 import os
 import shutil
+import sys
 import tempfile
 from typing import Optional
 
@@ -123,16 +125,35 @@ class _CacheWriter:
       shutil.rmtree(self.staging, ignore_errors=True)
 
 
+class _Damaged(Exception):
+  """A cache folder whose files do not hold what its meta.json says."""
+
+
 def _read_cache(folder: str):
-  meta_path = os.path.join(folder, "meta.json")
-  if not os.path.exists(meta_path):
-    return None
-  with open(meta_path) as f:
-    meta = json.load(f)
-  images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r")
-  labels_path = os.path.join(folder, "labels.npy")
-  labels = np.load(labels_path) if os.path.exists(labels_path) else None
-  return images, labels, meta
+  """(images memory-mapped, labels or None, meta) of a complete cache folder; `_Damaged` naming
+  the file when one is unreadable, truncated or of another shape than meta.json records."""
+  def damaged(file, why):
+    return _Damaged(f"{os.path.join(folder, file)} {why}")
+
+  try:
+    with open(os.path.join(folder, "meta.json")) as f:
+      meta = json.load(f)
+    expected = (meta["num_examples"], *meta["image_shape"])
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise damaged("meta.json", f"cannot be read ({error})") from None
+  files = {"images.npy": expected}
+  if os.path.exists(os.path.join(folder, "labels.npy")):
+    files["labels.npy"] = expected[:1]
+  arrays = {}
+  for name, shape in files.items():
+    try:
+      arrays[name] = np.load(os.path.join(folder, name), mmap_mode="r")
+    except (OSError, ValueError, EOFError) as error:  # a truncated file fails its mapping
+      raise damaged(name, f"is damaged ({error})") from None
+    if arrays[name].shape != tuple(shape):
+      raise damaged(name, f"has shape {arrays[name].shape}, not {tuple(shape)}")
+  labels = arrays.get("labels.npy")
+  return arrays["images.npy"], None if labels is None else np.array(labels), meta
 
 
 def _cache_folder(data_dir: str, key: str) -> str:
@@ -248,6 +269,8 @@ def _array_pixel_range(images: np.ndarray) -> tuple:
   if images.dtype == np.uint8:
     return UINT8_RANGE
   low, high = float(np.min(images)), float(np.max(images))
+  if not (math.isfinite(low) and math.isfinite(high)):
+    raise DatasetError("the images array has NaN or infinite values; fix or drop those images")
   if low >= 0.0 and high <= 1.0:
     return (0.0, 1.0)
   if high == low:
@@ -301,13 +324,19 @@ def cached_images(dataset: str, *, image_size: int, split: str = "train",
   check_split(split)
   data_dir = data_dir or default_data_dir()
   if dataset in NAMED_DATASETS:
-    folder = _cache_named(dataset, split, image_size, data_dir)
+    build = lambda: _cache_named(dataset, split, image_size, data_dir)
   elif split != "train":
     raise DatasetError(f"--dataset={dataset} has one split, 'train' (all its images): to "
                        "evaluate on held-out images, move some to another folder or array file "
                        "and load that as its own dataset")
   elif dataset.startswith("folder:"):
-    folder = _cache_folder_images(dataset.partition(":")[2], image_size, data_dir)
+    build = lambda: _cache_folder_images(dataset.partition(":")[2], image_size, data_dir)
   else:
-    folder = _cache_array_images(dataset, image_size, data_dir)
-  return _read_cache(folder)
+    build = lambda: _cache_array_images(dataset, image_size, data_dir)
+  folder = build()
+  try:
+    return _read_cache(folder)
+  except _Damaged as damaged:  # never trusted: built again from the data
+    print(f"warning: the dataset cache {damaged}; building it again", file=sys.stderr)
+    shutil.rmtree(folder)
+    return _read_cache(build())

@@ -95,7 +95,13 @@ def first(tree):
 def pmap_step(step: Callable, devices: Sequence, *, donate: bool = True):
   """`step(state, batch, key)` on every device: state replicated, batch split over the device axis
   (see `device_batches`), the same key on every device; the state is donated, so its buffers
-  are reused for the next state. `step` must take axis_name=AXIS (bind it with partial)."""
+  are reused for the next state. `step` must take axis_name=AXIS (bind it with partial).
+
+  With JAX's NaN checking on (--debug_nans) the step is the same computation as one jitted
+  program over a vmapped device axis: pmap's check names no operation, jit's re-runs the step
+  op by op and names the first that makes a NaN."""
+  if jax.config.jax_debug_nans:
+    return jax.jit(jax.vmap(step, axis_name=AXIS, in_axes=(0, 0, None)))
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None),
                   donate_argnums=(0,) if donate else (), devices=devices)
 

@@ -25,11 +25,15 @@ class MetricsLog:
   def __init__(self, path: str, resume_step: int = 0):
     self.path = path
     if resume_step and os.path.exists(path):
-      # Drop lines from beyond the checkpoint being resumed: they will be logged again.
+      # Drop lines from beyond the checkpoint being resumed: they will be logged again. A line
+      # cut short by a kill mid-write is dropped too. Rewritten atomically: a kill now loses
+      # nothing.
       with open(path) as f:
-        rows = [line for line in f if json.loads(line)["step"] <= resume_step]
-      with open(path, "w") as f:
-        f.writelines(rows)
+        rows = [line for line in f if _row_step(line) <= resume_step]
+      tmp = f"{path}.tmp"
+      with open(tmp, "w") as f:
+        f.writelines(line if line.endswith("\n") else line + "\n" for line in rows)
+      os.replace(tmp, path)
     elif not resume_step:
       open(path, "w").close()
 
@@ -40,9 +44,18 @@ class MetricsLog:
       f.write(json.dumps(row) + "\n")
 
 
+def _row_step(line: str) -> float:
+  """The step of a metrics.jsonl line; infinity for a line that is not a whole row."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf
+
+
 def read_metrics(path: str) -> list:
+  """The rows of a metrics.jsonl (a last line cut short by a kill is left out)."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in f if line.strip() and _row_step(line) < math.inf]
 
 
 class Progress:

@@ -8,9 +8,12 @@ its family's step function; there is no Trainer class.
     for step in range(start, config.steps): ...
 """
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 
 from jaxgen import data, parallel
 from jaxgen.flags import setting
@@ -45,6 +48,9 @@ class Settings:
   data_dir: str = setting("", "where image datasets are prepared and cached (default: TFDS's)")
   precision: str = setting("float32", "float32 | bfloat16: the networks' computation dtype; "
                                       "parameters, optimizer and losses stay float32")
+  debug_nans: bool = setting(False, "run with JAX's NaN checking, which names the operation that "
+                                    "first makes a NaN (slow: for finding the cause of a "
+                                    "non-finite loss)")
 
   # Settings that must be positive, and automatic ones (0 = resolved by `automatic`).
   POSITIVE = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
@@ -91,6 +97,7 @@ def setup(config: Settings, model: str):
   devices = parallel.select_devices(config.num_devices)
   parallel.check_split(config.batch_size, len(devices))
   source = load_split(config)
+  workdir.lock(config.workdir)  # before anything in it is written
   workdir.prepare(config, model, source)
   return config, devices, source
 
@@ -130,12 +137,14 @@ def resume(checkpoints, state, *, batches_per_step: int):
 
   The checkpoint's data position must be the one its step implies: a mismatch means the
   checkpoint was written by a different program or setting, and is an error, not a guess."""
+  from jaxgen import checkpoint
+
   if checkpoints.latest_step() is None:
     return state, 0
   state, meta = checkpoints.restore(state)
   start = int(state.step)
   if meta.get("data_position") != start * batches_per_step:
-    raise ValueError(
+    raise checkpoint.MismatchError(
         f"the checkpoint of step {start} in {checkpoints.directory} was taken at data position "
         f"{meta.get('data_position')}, not {start * batches_per_step}: it belongs to a run with "
         f"other settings; choose a new --workdir")
@@ -173,20 +182,137 @@ def first_examples(source, n: int):
   return np.concatenate(batches)[:n]
 
 
-def configure_jax(cache_dir: str = None) -> None:
+def configure_jax(cache_dir: str = None, debug_nans: bool = False) -> None:
   """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
-  the XLA:CPU convolution setting jaxgen's layers are tuned for, and the persistent compilation
-  cache (`cache_dir`, default $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables)."""
+  the XLA:CPU convolution setting jaxgen's layers are tuned for, the persistent compilation
+  cache (`cache_dir`, default $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables),
+  and JAX's NaN checking when asked for."""
   import jax
   from jaxgen import layers
 
   layers.configure_cpu()
+  jax.config.update("jax_debug_nans", debug_nans)
   if cache_dir is None:
     cache_dir = os.environ.get("JAXGEN_COMPILATION_CACHE", DEFAULT_CACHE)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     # Every step function is worth caching; tiny helper programs are not.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# Exit codes of a run stopped by a signal, after it saved its step: SIGTERM (preemption) gives
+# sysexits' EX_TEMPFAIL ("try again later": run the same command to resume), Ctrl-C the shell's
+# usual 130.
+PREEMPTED_EXIT = 75
+INTERRUPTED_EXIT = 130
+
+
+class Stopped(Exception):
+  """Raised at a step boundary after a SIGTERM or Ctrl-C, once that step is saved."""
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step = signum, step
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    super().__init__(f"stopped by {name} at step {step}, which is saved; run the same command "
+                     f"to resume")
+
+  @property
+  def exit_code(self) -> int:
+    return PREEMPTED_EXIT if self.signum == signal.SIGTERM else INTERRUPTED_EXIT
+
+
+class StopRequest:
+  """What the loop asks at every step boundary: `requested` (then it saves the step), and
+  `check(step)`, which raises `Stopped` once a request was seen by `requested`: a signal that
+  comes after the step's save decision waits for the next step's. A second Ctrl-C does not wait
+  for the step: it interrupts at once."""
+
+  def __init__(self, start: int):
+    self.signum = None
+    self.seen = False
+    self.done = start  # the last step the loop finished
+
+  @property
+  def requested(self) -> bool:
+    self.seen = self.seen or self.signum is not None
+    return self.seen
+
+  def handle(self, signum, frame) -> None:
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+    print("\nstopping: saving at the end of this step (Ctrl-C again to stop without saving)",
+          file=sys.stderr)
+
+  def check(self, step: int) -> None:
+    self.done = step
+    if self.seen:
+      raise Stopped(self.signum, step)
+
+
+@contextlib.contextmanager
+def guarded(config: Settings, start: int, checkpoints, *resources):
+  """The guards around a program's loop: SIGTERM and Ctrl-C become a `StopRequest` (the loop
+  saves its step, then stops, raising `Stopped`); at the end, however it ends, the `resources`
+  (prefetching, the writer) and `checkpoints` are closed, after any save in flight, and the work
+  directory is unlocked. `failure` turns how a run can end early into one line.
+
+      with training.guarded(config, start, checkpoints, batches, writer) as stop:
+        for i in range(start, total):
+          ...
+          if training.due(done, config.checkpoint_every, total) or stop.requested:
+            checkpoints.save(done, ...)
+          stop.check(done)
+  """
+  from jaxgen import workdir
+
+  stop = StopRequest(start)
+  previous = {}
+  if threading.current_thread() is threading.main_thread():
+    previous = {s: signal.signal(s, stop.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield stop
+  except FloatingPointError as error:
+    if config.debug_nans and "non-finite loss" not in str(error):  # JAX's check, in a step
+      raise FloatingPointError(f"step {stop.done + 1}: {str(error).splitlines()[0]}") from error
+    raise
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    for resource in resources:
+      resource.close()
+    checkpoints.close()
+    workdir.unlock(config.workdir)
+
+
+def out_of_memory(error: BaseException) -> bool:
+  import jax
+  return isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+
+
+def failure(error: BaseException, config: Settings):
+  """(one line for the user, exit code) for how a run's training can end early, or None for an
+  error that is a bug (its traceback is what helps then)."""
+  from jaxgen import checkpoint
+
+  if isinstance(error, Stopped):
+    return str(error), error.exit_code
+  if isinstance(error, (checkpoint.SaveError, checkpoint.MismatchError)):
+    return f"error: {error}", 1
+  if isinstance(error, OSError) and checkpoint.disk_full(error):
+    folder = os.path.join(config.workdir, "checkpoints")
+    last = checkpoint.Checkpoints(folder, read_only=True).latest_step() if os.path.isdir(
+        folder) else None
+    return (f"error: the disk is full (writing {error.filename or 'a file of the run'}); the "
+            f"last good checkpoint is step {last}, which resumes: free space and run the same "
+            f"command again"), 1
+  if isinstance(error, FloatingPointError):  # the loop's own check, or --debug_nans's
+    hint = "" if config.debug_nans else "; --debug_nans names the operation that made it"
+    return f"error: {str(error).splitlines()[0]}{hint}", 1
+  if out_of_memory(error):
+    return (f"error: out of device memory with --batch_size={config.batch_size}; pass a smaller "
+            f"--batch_size (or --precision=bfloat16)"), 1
+  return None
 
 
 def run_program(config_cls, model: str, train) -> None:
@@ -202,11 +328,18 @@ def run_program(config_cls, model: str, train) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax reports every save step at INFO
     try:
       config = from_flags(config_cls)
-      configure_jax()  # before `setup` starts JAX's backend
+      configure_jax(debug_nans=config.debug_nans)  # before `setup` starts JAX's backend
       config, devices, source = setup(config, model)
     except (ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
-    train(config, devices, source)
+    try:
+      train(config, devices, source)
+    except Exception as error:
+      answer = failure(error, config)
+      if answer is None:
+        raise
+      print(answer[0], file=sys.stderr)
+      sys.exit(answer[1])
 
   define_flags(config_cls)
   app.run(main)

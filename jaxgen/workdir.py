@@ -1,6 +1,8 @@
-"""A run's work directory: its config.json, and the guard that keeps one run per directory."""
+"""A run's work directory: its config.json, and the guards that keep one run per directory."""
 
+import atexit
 import dataclasses
+import fcntl
 import json
 import os
 
@@ -9,7 +11,7 @@ from jaxgen.report import write_json
 # Settings that may differ when a run is resumed: they change how long it runs and what it
 # writes, not what it computes.
 RESUMABLE = ("steps", "workdir", "num_devices", "log_every", "sample_every", "checkpoint_every",
-             "keep_checkpoints", "data_dir")
+             "keep_checkpoints", "data_dir", "debug_nans")
 
 
 def saved_settings(workdir: str) -> dict:
@@ -61,3 +63,46 @@ def load_config(workdir: str) -> dict:
                             f"work directory")
   with open(path) as f:
     return json.load(f)
+
+
+# The open lock files of the work directories this process trains in, by real path.
+_LOCKS = {}
+LOCK_FILE = ".lock"
+
+
+def lock(workdir: str) -> None:
+  """Makes this process the only one training in `workdir` until it exits (or `unlock`), or
+  raises a one-line error naming the process that holds it. The lock is the kernel's (flock):
+  a killed process never leaves it stuck. Taking it again in the same process is a no-op."""
+  os.makedirs(workdir, exist_ok=True)
+  key = os.path.realpath(workdir)
+  if key in _LOCKS:
+    return
+  path = os.path.join(workdir, LOCK_FILE)
+  handle = open(path, "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "unknown"
+    handle.close()
+    raise ValueError(f"--workdir={workdir} is in use by another run (process {holder}); wait for "
+                     f"it to end, or stop it, or choose another --workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"{os.getpid()}\n")
+  handle.flush()
+  _LOCKS[key] = handle
+
+
+def unlock(workdir: str) -> None:
+  """Lets other processes train in `workdir` again."""
+  handle = _LOCKS.pop(os.path.realpath(workdir), None)
+  if handle is not None:
+    handle.close()  # closing the last descriptor releases the flock
+
+
+@atexit.register
+def _unlock_all() -> None:
+  for path in list(_LOCKS):
+    unlock(path)

@@ -274,7 +274,8 @@ def test_help_lists_every_setting():
   result = subprocess.run([sys.executable, "-m", "experiments.wgan_gp", "--help"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
   for field in dataclasses.fields(wgan_gp.Config):
-    assert f"--{field.name}:" in result.stdout, field.name
+    flag = f"--[no]{field.name}:" if field.type is bool else f"--{field.name}:"  # absl's form
+    assert flag in result.stdout, field.name
   assert "gradient penalty weight lambda" in result.stdout
 
 

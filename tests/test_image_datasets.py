@@ -240,7 +240,8 @@ def test_interrupted_cache_build_leaves_nothing(tmp_path):
   assert os.listdir(tmp_path / "jaxgen_cache") == []
   with image_cache._CacheWriter(folder, (3, 8, 8, 1), np.uint8) as cache:
     cache.images[:] = 5
-    cache.finish(np.arange(3), {"pixel_range": [0, 255]})
+    cache.finish(np.arange(3), {"pixel_range": [0, 255], "num_examples": 3,
+                                "image_shape": [8, 8, 1]})
   images, labels, meta = image_cache._read_cache(folder)
   assert os.listdir(tmp_path / "jaxgen_cache") == ["x-8px"]
   np.testing.assert_array_equal(images, 5)
