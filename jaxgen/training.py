@@ -45,6 +45,13 @@ class Settings:
   data_dir: str = setting("", "where image datasets are prepared and cached (default: TFDS's)")
   precision: str = setting("float32", "float32 | bfloat16: the networks' computation dtype; "
                                       "parameters, optimizer and losses stay float32")
+  eval_every: int = setting(0, "steps between evaluations of eval_samples generated images "
+                               "against real ones during training (metrics.jsonl rows with "
+                               "\"eval\": true, eval_curves.png): blob metrics on the blobs, "
+                               "classifier FID, KID, precision and recall on labelled greyscale "
+                               "data; 0: none")
+  eval_samples: int = setting(1000, "generated (and real) images of each evaluation during "
+                                    "training")
 
   # Settings that must be positive, and automatic ones (0 = resolved by `automatic`).
   POSITIVE = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
@@ -57,6 +64,9 @@ class Settings:
     for name in self.AUTOMATIC:
       if getattr(self, name) < 0:
         raise ValueError(f"--{name} must be 0 (automatic) or positive, got {getattr(self, name)}")
+    if self.eval_every < 0 or self.eval_samples < 2:
+      raise ValueError(f"--eval_every must be 0 (no evaluations) or positive and --eval_samples "
+                       f"at least 2, got {self.eval_every} and {self.eval_samples}")
     if self.precision not in PRECISIONS:
       raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                        f"{self.precision!r}")
