@@ -2,7 +2,6 @@
 left bit-identical, the classifier trained once and only when asked, resume with new settings."""
 
 import dataclasses
-import json
 import os
 
 import chex
@@ -12,7 +11,8 @@ import pytest
 from PIL import Image
 
 from experiments import dcgan, realnvp, sample, vae
-from jaxgen import blob_metrics, checkpoint, classifier, data, evaluation, metrics, training
+from jaxgen import blob_metrics, classifier, data, evaluation, metrics, training
+from test_programs import latest, rows_of  # the run's checkpoint and metrics.jsonl rows
 
 # program -> tiny settings on 8x8 blobs
 TINY = {
@@ -27,18 +27,6 @@ TINY = {
 def tiny(program, path, **overrides):
   return program.Config(**{**dict(dataset="blobs1", image_size=8, batch_size=4, log_every=1,
                                   workdir=str(path)), **TINY[program], **overrides})
-
-
-def rows_of(config):
-  with open(os.path.join(config.workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def latest(config):
-  ckpts = checkpoint.Checkpoints(os.path.join(config.workdir, "checkpoints"))
-  tree, meta = ckpts.restore_tree()
-  ckpts.close()
-  return tree, meta
 
 
 def generated_by_hand(config):
