@@ -12,7 +12,7 @@ def test_a_suite_case_repeats_its_quality_numbers_exactly(tmp_path):
   runs = []
   for name in ("first", "second"):
     out = io.StringIO()
-    (result,) = benchmark.run_suite(["dcgan_blobs1"], str(tmp_path / name), scale=0.01,
+    (result,) = benchmark.run_suite(["dcgan_blobs1"], str(tmp_path / name), scale=0.005,
                                     num_samples=60, out=out)
     assert json.loads(out.getvalue())["case"] == "dcgan_blobs1"  # one JSON line per case
     runs.append(result)
