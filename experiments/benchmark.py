@@ -333,6 +333,15 @@ def suite_table(results: list) -> str:
   return "\n".join(lines)
 
 
+def check_suite(cases, scale: float, num_samples: int) -> None:
+  unknown = [c for c in cases if c not in SUITE]
+  if unknown:
+    raise ValueError(f"unknown suite case {unknown[0]!r}; choose from {', '.join(SUITE)}")
+  if scale <= 0 or num_samples < 2:
+    raise ValueError(f"--suite_scale must be positive and --suite_samples at least 2, got "
+                     f"{scale} and {num_samples}")
+
+
 def run_suite(cases, directory: str, scale: float = 1.0, num_samples: int = 1000,
               data_dir: str = "", classifier_dir: str = "", out=sys.stdout) -> list:
   """Runs suite `cases` (names of SUITE) in `directory`, printing a JSON line per case to `out`
@@ -340,12 +349,7 @@ def run_suite(cases, directory: str, scale: float = 1.0, num_samples: int = 1000
   --data_dir."""
   import jax
 
-  unknown = [c for c in cases if c not in SUITE]
-  if unknown:
-    raise ValueError(f"unknown suite case {unknown[0]!r}; choose from {', '.join(SUITE)}")
-  if scale <= 0 or num_samples < 2:
-    raise ValueError(f"--suite_scale must be positive and --suite_samples at least 2, got "
-                     f"{scale} and {num_samples}")
+  check_suite(cases, scale, num_samples)
   results = []
   for name in cases:
     if name in SUITE_NEEDS_DATA and not data_dir:
@@ -366,9 +370,10 @@ def main_suite() -> None:
   from absl import logging
   logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
   cases = [c for c in FLAGS.suite_cases.split(",") if c] or list(SUITE)
-  directory = FLAGS.suite_dir or tempfile.mkdtemp(prefix="jaxgen-suite-")
-  print(f"suite runs in {directory}", file=sys.stderr)
   try:
+    check_suite(cases, FLAGS.suite_scale, FLAGS.suite_samples)
+    directory = FLAGS.suite_dir or tempfile.mkdtemp(prefix="jaxgen-suite-")
+    print(f"suite runs in {directory}", file=sys.stderr)
     results = run_suite(cases, directory, FLAGS.suite_scale, FLAGS.suite_samples,
                         FLAGS.data_dir or "", FLAGS.classifier_dir)
   except (ValueError, FileNotFoundError) as e:

@@ -44,8 +44,9 @@ def _as_float(images):
   return np.asarray(images, np.float32)
 
 
-def real_sets(settings: dict, num_samples: int, data_dir=None):
-  """(reference, baseline, description): real images in the data's own pixel range."""
+def real_sets(settings: dict, num_samples: int, data_dir=None, flag: str = "--num_samples"):
+  """(reference, baseline, description): real images in the data's own pixel range; errors
+  name the sample size as `flag`."""
   from jaxgen import data
 
   dataset, size = settings["dataset"], settings["image_shape"][0]
@@ -66,7 +67,7 @@ def real_sets(settings: dict, num_samples: int, data_dir=None):
   source = load(settings.get("seed", 0), num_samples)
   if source.num_examples < num_samples:
     raise ValueError(f"{dataset} has {source.num_examples} training images, fewer than "
-                     f"--num_samples={num_samples}")
+                     f"{flag}={num_samples}")
   reference = _as_float(source.pixels(0))
   split = "test"  # Imagenette: its validation split (jaxgen.data maps the name)
   held_out = None
@@ -85,7 +86,7 @@ def real_sets(settings: dict, num_samples: int, data_dir=None):
   else:
     raise ValueError(f"{dataset} has no {split} split of {num_samples} images and its "
                      f"{source.num_examples} training images do not make two disjoint sets; "
-                     f"use --num_samples={source.num_examples // 2} or fewer")
+                     f"use {flag}={source.num_examples // 2} or fewer")
   return reference, baseline, {
       "reference": f"{dataset} train split: {num_samples} random images (seed "
                    f"{settings.get('seed', 0)})", "baseline": about}
@@ -279,7 +280,7 @@ def during_training(config, source, latent_shape, title: str):
     return None
   import jax
   import numpy as np
-  from jaxgen import blob_metrics, classifier, data
+  from jaxgen import blob_metrics, classifier, data, metrics
 
   settings = {**dataclasses.asdict(config), "image_shape": list(source.image_shape),
               "pixel_range": [float(v) for v in source.pixel_range]}
@@ -292,8 +293,7 @@ def during_training(config, source, latent_shape, title: str):
           f"experiments.evaluate); no evaluation rows", file=sys.stderr)
     return None
   n = config.eval_samples
-  reference, baseline, _ = real_sets(settings, n, data_dir)
-  spec = None
+  reference, baseline, _ = real_sets(settings, n, data_dir, flag="--eval_samples")
   if blobs:
     spec = blob_spec(settings)
     found_reference = blob_metrics.detect(reference, spec)
@@ -307,7 +307,6 @@ def during_training(config, source, latent_shape, title: str):
     reference_features = extract(reference)
     options = dict(kid_subsets=DURING_TRAINING_KID_SUBSETS, kid_subset_size=n, pr_k=PR_K,
                    seed=config.seed)
-    from jaxgen import metrics
     statistics = metrics.feature_statistics(reference_features)
     score_features = lambda images: feature_scores_against(
         reference_features, extract(images), reference_statistics=statistics, **options)
