@@ -20,10 +20,21 @@ the figure is the training step alone; compare it side by side with that referen
 Performance).
 foreign_cpu_s is CPU time other processes took during the timed region: a large value marks a
 contaminated measurement.
+
+    python -m experiments.benchmark --suite                        # the seeded quality suite
+    python -m experiments.benchmark --suite --suite_cases=vae_blobs1,dcgan_blobs1
+    python -m experiments.benchmark --suite --data_dir=DIR         # and dcgan_mnist
+
+--suite trains each case of SUITE with its program's own code (its Config, setup and train, as
+the command line would), scores the final checkpoint with experiments.evaluate on
+--suite_samples images per set, and prints one JSON line per case, then a markdown table.
+Quality numbers are exactly reproducible for the same seed on the same machine and jax version;
+speed and times vary with the hardware and its load.
 """
 
 import functools
 import json
+import math
 import os
 import resource
 import sys
@@ -49,8 +60,39 @@ flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
                   "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
 flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
                   "GAN networks' computation dtype (parameters and losses stay float32)")
-flags.DEFINE_string("data_dir", None, "data directory of the loader cases")
+flags.DEFINE_string("data_dir", None, "data directory of the loader cases and of the suite's "
+                    "image datasets")
+flags.DEFINE_bool("suite", False, "train and score the fixed suite of seeded cases (SUITE)")
+flags.DEFINE_string("suite_cases", "", "comma-separated suite cases to run; empty: all")
+flags.DEFINE_float("suite_scale", 1.0, "multiplies every suite case's steps (a quick look; the "
+                   "suite's figures are those of scale 1)")
+flags.DEFINE_integer("suite_samples", 1000, "images per set of the suite's evaluations")
+flags.DEFINE_string("suite_dir", "", "where the suite's runs go (must not hold them yet); empty: "
+                    "a new temporary directory")
+flags.DEFINE_string("classifier_dir", "", "a saved MNIST classifier for dcgan_mnist's scores "
+                    "(default: experiments.evaluate's, trained there once if missing)")
 FLAGS = flags.FLAGS
+
+# The seeded suite: case -> (program, its settings, steps). Every case has seed 0; together they
+# take a few minutes on two CPU cores, so most train on 16x16 blobs (four times less work a
+# step; WGAN-GP draws its first blobs there after about 300 steps, on 32x32 after over 500).
+SUITE = {
+    "wgan_gp_blobs16": ("wgan_gp", dict(dataset="blobs1", image_size=16), 400),
+    "dcgan_blobs1": ("dcgan", dict(dataset="blobs1"), 400),
+    "vae_blobs16": ("vae", dict(dataset="blobs1", image_size=16, eval_examples=1000), 600),
+    "realnvp_blobs16": ("realnvp", dict(dataset="blobs1", image_size=16, eval_examples=1000), 100),
+    "dcgan_mnist": ("dcgan", dict(dataset="mnist"), 200),
+}
+SUITE_NEEDS_DATA = ("dcgan_mnist",)
+SUITE_SEED = 0
+# What each case's JSON line and table row show of the evaluation (all of it is in the run's
+# evaluation.json): blob numbers of the generated set, its distances to the reference, and
+# the feature scores.
+SUITE_BLOBS = ("count_exact_fraction", "width_mean", "streak_fraction", "centre_ks")
+SUITE_BLOB_DISTANCES = ("count_tv", "width_w1")
+SUITE_FEATURES = ("fid", "kid", "precision", "recall")
+# The program's own held-out figure, where it has one (the last test-split evaluation).
+SUITE_LIKELIHOOD = {"vae": "neg_elbo", "realnvp": "bits_per_dim"}
 
 
 class CpuRegion:
@@ -220,6 +262,125 @@ def blobs_case(batch: int, steps: int, num_blobs: int) -> dict:
           "foreign_cpu_s": region.foreign, "num_blobs": num_blobs}
 
 
+def suite_case(name: str, directory: str, scale: float = 1.0, num_samples: int = 1000,
+               data_dir: str = "", classifier_dir: str = "") -> dict:
+  """Trains suite case `name` in directory/name with its program's code and scores it: one
+  result dict (quality numbers, then speed and times)."""
+  import importlib
+  import statistics
+
+  from experiments import evaluate
+  from jaxgen import training
+
+  program_name, settings, steps = SUITE[name]
+  program = importlib.import_module(f"experiments.{program_name}")
+  steps = max(1, round(steps * scale))
+  workdir = os.path.join(directory, name)
+  if os.path.exists(workdir):
+    raise ValueError(f"{workdir} exists: the suite trains from scratch; give --suite_dir a new "
+                     f"directory")
+  config = program.Config(**settings, steps=steps, seed=SUITE_SEED, workdir=workdir,
+                          log_every=max(1, steps // 10), sample_every=steps,
+                          checkpoint_every=steps, data_dir=data_dir or "")
+  config, devices, source = training.setup(config, program.MODEL)
+  start = time.perf_counter()
+  last = program.train(config, devices, source)
+  train_s = time.perf_counter() - start
+  start = time.perf_counter()
+  scored = evaluate.evaluate(workdir, num_samples=num_samples, seed=SUITE_SEED,
+                             features="classifier" if name in SUITE_NEEDS_DATA else "none",
+                             classifier_dir=classifier_dir, data_dir=data_dir)
+  evaluate_s = time.perf_counter() - start
+  result = {"case": name, "model": program_name, "dataset": config.dataset, "steps": steps,
+            "seed": SUITE_SEED, "num_samples": num_samples}
+  if "blobs" in scored:
+    generated = scored["blobs"]["generated"]
+    distances = scored["blobs"]["generated_vs_reference"]
+    result.update({f"blob_{k}": generated[k] for k in SUITE_BLOBS})
+    result.update({f"blob_{k}": distances[k] for k in SUITE_BLOB_DISTANCES})
+  if "scores" in scored:
+    result.update({k: scored["scores"][k]["generated"] for k in SUITE_FEATURES})
+    result.update({f"baseline_{k}": scored["scores"][k]["baseline"] for k in ("fid", "kid")})
+    result["classifier_accuracy"] = scored["features"]["test_accuracy"]
+  if program_name in SUITE_LIKELIHOOD:
+    key = SUITE_LIKELIHOOD[program_name]
+    result[f"test_{key}"] = last[key]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  # Logged intervals after the first (which holds the compilation).
+  rates = [r["images_per_s"] for r in rows if "images_per_s" in r][1:] or [float("nan")]
+  result.update({"images_per_s": statistics.median(rates), "train_s": train_s,
+                 "evaluate_s": evaluate_s})
+  return result
+
+
+SPEED_KEYS = ("images_per_s", "train_s", "evaluate_s")
+
+
+def suite_table(results: list) -> str:
+  """The suite's results as a markdown table: quality numbers, then speed."""
+  head = ("case", "model", "dataset", "steps", "seed", "num_samples")
+  lines = ["| case | steps | quality (same seed, machine and jax: identical) | images/s | "
+           "train s | evaluate s |", "|---|---|---|---|---|---|"]
+  for r in results:
+    if "skipped" in r:
+      lines.append(f"| {r['case']} | | skipped: {r['skipped']} | | | |")
+      continue
+    quality = ", ".join(f"{k} {v:.4g}" for k, v in r.items()
+                        if k not in head and k not in SPEED_KEYS)
+    lines.append(f"| {r['case']} | {r['steps']} | {quality} | {r['images_per_s']:.1f} | "
+                 f"{r['train_s']:.0f} | {r['evaluate_s']:.0f} |")
+  return "\n".join(lines)
+
+
+def check_suite(cases, scale: float, num_samples: int) -> None:
+  unknown = [c for c in cases if c not in SUITE]
+  if unknown:
+    raise ValueError(f"unknown suite case {unknown[0]!r}; choose from {', '.join(SUITE)}")
+  if scale <= 0 or num_samples < 2:
+    raise ValueError(f"--suite_scale must be positive and --suite_samples at least 2, got "
+                     f"{scale} and {num_samples}")
+
+
+def run_suite(cases, directory: str, scale: float = 1.0, num_samples: int = 1000,
+              data_dir: str = "", classifier_dir: str = "", out=sys.stdout) -> list:
+  """Runs suite `cases` (names of SUITE) in `directory`, printing a JSON line per case to `out`
+  as it finishes; returns the results. A case that needs an image dataset is skipped without
+  --data_dir."""
+  import jax
+
+  check_suite(cases, scale, num_samples)
+  results = []
+  for name in cases:
+    if name in SUITE_NEEDS_DATA and not data_dir:
+      result = {"case": name, "skipped": "needs --data_dir with the dataset prepared"}
+    else:
+      result = suite_case(name, directory, scale, num_samples, data_dir, classifier_dir)
+    results.append(result)
+    finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+              for k, v in result.items()}  # strict JSON: NaN (no blob fitted) as null
+    print(json.dumps({**finite, "backend": jax.default_backend(), "devices": jax.device_count(),
+                      "jax": jax.__version__}), file=out, flush=True)
+  return results
+
+
+def main_suite() -> None:
+  import tempfile
+
+  from absl import logging
+  logging.set_verbosity(logging.WARNING)  # orbax reports every save at INFO
+  cases = [c for c in FLAGS.suite_cases.split(",") if c] or list(SUITE)
+  try:
+    check_suite(cases, FLAGS.suite_scale, FLAGS.suite_samples)
+    directory = FLAGS.suite_dir or tempfile.mkdtemp(prefix="jaxgen-suite-")
+    print(f"suite runs in {directory}", file=sys.stderr)
+    results = run_suite(cases, directory, FLAGS.suite_scale, FLAGS.suite_samples,
+                        FLAGS.data_dir or "", FLAGS.classifier_dir)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  print(suite_table(results))
+
+
 def main(argv):
   del argv
   # Before JAX starts its CPU backend, which reads XLA_FLAGS. No compilation cache here: it would
@@ -229,6 +390,8 @@ def main(argv):
   else:
     from jaxgen import layers
     layers.configure_cpu()
+  if FLAGS.suite:
+    return main_suite()
   import jax
 
   case = FLAGS.case

@@ -100,7 +100,7 @@ def train(config: Config, devices=None, source=None) -> dict:
   import os
 
   import jax
-  from jaxgen import checkpoint, gan_training, parallel, realnvp, report
+  from jaxgen import checkpoint, evaluation, gan_training, parallel, realnvp, report
 
   if devices is None:
     config, devices, source = training.setup(config, MODEL)
@@ -130,6 +130,7 @@ def train(config: Config, devices=None, source=None) -> dict:
   def tree(state):  # the checkpoint's view, which `sampler` reads
     return {"params": state.params, "batch_stats": state.batch_stats}
 
+  score = evaluation.during_training(config, source, fixed_z.shape[1:], "RealNVP")
   writer = report.Writer(config.workdir, total, start, config.image_size)
   writer.grid("real.png", source.batch(0)[:64])
   batches = parallel.device_batches(source.batch, devices, start)
@@ -145,6 +146,8 @@ def train(config: Config, devices=None, source=None) -> dict:
         evaluate = functools.partial(bits, parallel.unreplicate(state))
         last = training.evaluate_epoch(writer, done, per_epoch, evaluate, source, test,
                                        jax.random.fold_in(eval_key, done), config.eval_examples)
+      if score and training.due(done, config.eval_every, total):
+        score(writer, done, functools.partial(generate, tree(parallel.unreplicate(state))))
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(tree(parallel.unreplicate(state)), fixed_z))
         writer.curves(["bits_per_dim", "grad_norm"], f"RealNVP on {config.dataset}")

@@ -134,7 +134,7 @@ def train(config: Config, devices=None, source=None) -> dict:
   import os
 
   import jax
-  from jaxgen import checkpoint, parallel, report, vae
+  from jaxgen import checkpoint, evaluation, parallel, report, vae
 
   if devices is None:
     config, devices, source = training.setup(config, MODEL)
@@ -157,6 +157,8 @@ def train(config: Config, devices=None, source=None) -> dict:
   generate = jax.jit(functools.partial(vae.generate, model=model, likelihood=config.likelihood))
   fixed_z = jax.random.normal(sample_key, (64, config.latent_dim))
 
+  title = f"VAE (beta={config.beta:g})"
+  score = evaluation.during_training(config, source, (config.latent_dim,), title)
   writer = report.Writer(config.workdir, total, start, config.image_size)
   writer.grid("real.png", source.batch(0)[:64])
   batches = parallel.device_batches(source.batch, devices, start)
@@ -172,10 +174,11 @@ def train(config: Config, devices=None, source=None) -> dict:
         evaluate = functools.partial(eval_fn, parallel.unreplicate(state).params)
         last = training.evaluate_epoch(writer, done, per_epoch, evaluate, source, test,
                                        jax.random.fold_in(eval_key, done), config.eval_examples)
+      if score and training.due(done, config.eval_every, total):
+        score(writer, done, functools.partial(generate, parallel.unreplicate(state).params))
       if training.due(done, config.sample_every, total):
         writer.grid(f"step_{done:06d}.png", generate(parallel.unreplicate(state).params, fixed_z))
-        writer.curves(["neg_elbo", "recon", "kl"], f"VAE (beta={config.beta:g}) on "
-                      f"{config.dataset}")
+        writer.curves(["neg_elbo", "recon", "kl"], f"{title} on {config.dataset}")
       if (training.due(done, config.checkpoint_every, total) or done % per_epoch == 0
           or stop.requested):
         checkpoints.save(done, parallel.first(state), {"data_position": done})

@@ -139,7 +139,7 @@ def train(config, *, model: str, networks: Callable, optimizers: Callable, step:
   # Heavy imports after the checks of `setup`, so that bad flags fail fast.
   import jax
   import numpy as np
-  from jaxgen import checkpoint, gan, parallel, report
+  from jaxgen import checkpoint, evaluation, gan, parallel, report
 
   if devices is None:
     config, devices, source = training.setup(config, model)
@@ -160,6 +160,7 @@ def train(config, *, model: str, networks: Callable, optimizers: Callable, step:
   sample_fn = jax.jit(functools.partial(gan.generate, generator))
   fixed_z = jax.random.normal(sample_key, (64, generator.latent_dim))
 
+  evaluate = evaluation.during_training(config, source, (generator.latent_dim,), title)
   writer = report.Writer(config.workdir, config.steps, start, config.image_size)
   writer.grid("real.png", source.batch(0)[:64])
   batches = parallel.device_batches(
@@ -174,6 +175,8 @@ def train(config, *, model: str, networks: Callable, optimizers: Callable, step:
       save = training.due(done, config.checkpoint_every, config.steps) or stop.requested
       if training.due(done, config.log_every, config.steps) or save:
         last = writer.metrics(done, parallel.first(metrics), n * config.batch_size)
+      if evaluate and training.due(done, config.eval_every, config.steps):
+        evaluate(writer, done, functools.partial(sample_fn, parallel.unreplicate(state)))
       if training.due(done, config.sample_every, config.steps):
         writer.grid(f"step_{done:06d}.png", sample_fn(parallel.unreplicate(state), fixed_z))
         writer.curves(curves, f"{title} on {config.dataset}")

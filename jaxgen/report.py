@@ -79,6 +79,11 @@ class Progress:
     self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
     self.stream.flush()
 
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` spent on something other than steps (an evaluation) out of the next
+    rate."""
+    self._last_time += seconds
+
   def close(self) -> None:
     if self.tty:
       self.stream.write("\n")
@@ -109,17 +114,26 @@ def save_png(path: str, picture: np.ndarray, scale: int = 1) -> None:
   Image.fromarray(picture).save(path)
 
 
-def plot_curves(rows: list, keys: list, path: str, title: str = "") -> None:
-  """One panel per metric against the step, from metrics.jsonl rows, saved as a PNG."""
+def plot_curves(rows: list, keys: list, path: str, title: str = "", columns: int = 8) -> None:
+  """One panel per metric against the step, from metrics.jsonl rows, saved as a PNG (at most
+  `columns` panels a row); a metric's `baseline_<key>` values, where rows have them, are drawn
+  dashed in its panel."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   keys = [k for k in keys if any(k in r for r in rows)]
-  fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-  for ax, key in zip(axes[0], keys):
+  ncols = min(len(keys), columns)
+  nrows = -(-len(keys) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.8 * nrows), squeeze=False)
+  for ax in axes.ravel()[len(keys):]:
+    ax.set_visible(False)
+  for ax, key in zip(axes.ravel(), keys):
     steps = [r["step"] for r in rows if key in r]
     ax.plot(steps, [r[key] for r in rows if key in r], lw=1.2)
+    baseline = [(r["step"], r[f"baseline_{key}"]) for r in rows if f"baseline_{key}" in r]
+    if baseline:
+      ax.plot(*zip(*baseline), lw=1.0, ls="--", color="0.4")
     ax.set_title(key, fontsize=9)
     ax.set_xlabel("generator step", fontsize=8)
     ax.tick_params(labelsize=7)

@@ -51,6 +51,13 @@ class Settings:
   debug_nans: bool = setting(False, "run with JAX's NaN checking, which names the operation that "
                                     "first makes a NaN (slow: for finding the cause of a "
                                     "non-finite loss)")
+  eval_every: int = setting(0, "steps between evaluations of eval_samples generated images "
+                               "against real ones during training (metrics.jsonl rows with "
+                               "\"eval\": true, eval_curves.png): blob metrics on the blobs, "
+                               "classifier FID, KID, precision and recall on labelled greyscale "
+                               "data; 0: none")
+  eval_samples: int = setting(1000, "generated (and real) images of each evaluation during "
+                                    "training")
 
   # Settings that must be positive, and automatic ones (0 = resolved by `automatic`).
   POSITIVE = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
@@ -63,6 +70,9 @@ class Settings:
     for name in self.AUTOMATIC:
       if getattr(self, name) < 0:
         raise ValueError(f"--{name} must be 0 (automatic) or positive, got {getattr(self, name)}")
+    if self.eval_every < 0 or self.eval_samples < 2:
+      raise ValueError(f"--eval_every must be 0 (no evaluations) or positive and --eval_samples "
+                       f"at least 2, got {self.eval_every} and {self.eval_samples}")
     if self.precision not in PRECISIONS:
       raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got "
                        f"{self.precision!r}")
@@ -297,8 +307,8 @@ def failure(error: BaseException, config: Settings):
 
   if isinstance(error, Stopped):
     return str(error), error.exit_code
-  if isinstance(error, (checkpoint.SaveError, checkpoint.MismatchError)):
-    return f"error: {error}", 1
+  if isinstance(error, (checkpoint.SaveError, checkpoint.MismatchError, data.DatasetError)):
+    return f"error: {error}", 1  # data: what the evaluations during training find of it
   if isinstance(error, OSError) and checkpoint.disk_full(error):
     folder = os.path.join(config.workdir, "checkpoints")
     last = checkpoint.Checkpoints(folder, read_only=True).latest_step() if os.path.isdir(

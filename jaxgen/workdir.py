@@ -11,7 +11,7 @@ from jaxgen.report import write_json
 # Settings that may differ when a run is resumed: they change how long it runs and what it
 # writes, not what it computes.
 RESUMABLE = ("steps", "workdir", "num_devices", "log_every", "sample_every", "checkpoint_every",
-             "keep_checkpoints", "data_dir", "debug_nans")
+             "keep_checkpoints", "data_dir", "debug_nans", "eval_every", "eval_samples")
 
 
 def saved_settings(workdir: str) -> dict:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import evaluate, sample
-from jaxgen import classifier, data, metrics
+from jaxgen import classifier, data, evaluation, metrics
 from jaxgen.blobs import BlobSpec, blob_images
 
 
@@ -77,7 +77,7 @@ def test_labelled_images_get_classifier_scores(tmp_path, monkeypatch):
   model, params, config = classifier.load(features["directory"])
   assert config["test_accuracy"] == features["test_accuracy"] and config["train_images"] == 378
   # The FID is the Frechet distance of the saved classifier's features, recomputed here.
-  reference, _, _ = evaluate.real_sets(settings, 150, data_dir)
+  reference, _, _ = evaluation.real_sets(settings, 150, data_dir)
   to_features = lambda x: classifier.features(model, params,
                                               data.to_model_range(x, (0.0, 255.0)), 64)
   expected = metrics.fid_from_features(to_features(generated[:150]), to_features(reference))
