@@ -347,6 +347,9 @@ def per_example_terms(params, x: jax.Array, key: jax.Array, *, model: VAE, beta:
   neg_elbo = recon + kl (the bound, whatever beta), loss = recon + beta * kl (what is minimised),
   and bits_per_dim of neg_elbo for the Gaussian likelihoods.
   """
+  if likelihood in ("gaussian_channel", "gaussian_scalar") and not params["likelihood"]:
+    raise ValueError(f"likelihood={likelihood!r} learns a log-scale, but these parameters have "
+                     f"none; make the state with init_state(..., likelihood={likelihood!r})")
   k_sample, k_targets = jax.random.split(key)
   output, mean, logvar = model.apply({"params": params["model"]}, x, k_sample, axis_name)
   recon = -log_likelihood(output, targets(x, k_targets, likelihood, axis_name),

@@ -150,6 +150,10 @@ def test_bad_settings_are_clear_errors():
     vae.check_likelihood("laplace")
   with pytest.raises(ValueError, match="power of two"):
     vae.conv_channels(48, None)
+  model, state, _ = _setup("bernoulli")  # a state without the learned scale
+  with pytest.raises(ValueError, match=r"init_state\(\.\.\., likelihood='gaussian_channel'\)"):
+    vae.eval_batch(state.params, _batches()[0], jax.random.PRNGKey(0), model=model,
+                   likelihood="gaussian_channel")
   with pytest.raises(ValueError, match="cannot be halved 3 times"):
     vae.conv_channels(12, (4, 8, 16))
 
