@@ -338,10 +338,18 @@ def run_program(config_cls, model: str, train) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax reports every save step at INFO
     try:
       config = from_flags(config_cls)
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+    try:
       configure_jax(debug_nans=config.debug_nans)  # before `setup` starts JAX's backend
       config, devices, source = setup(config, model)
     except (ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
+    except OSError as error:  # a full disk while caching the data or writing config.json
+      answer = failure(error, config)
+      if answer is None:
+        raise
+      sys.exit(answer[0])
     try:
       train(config, devices, source)
     except Exception as error:
