@@ -173,11 +173,13 @@ def summary(found: dict, spec: BlobSpec) -> dict:
   stats = {"num_images": float(len(counts)), "count_mean": float(counts.mean()),
            "count_std": float(counts.std()),
            "count_exact_fraction": float(np.mean(counts == spec.num_blobs)),
+           "empty_fraction": float(np.mean(counts == 0)),
            "fit_failure_fraction": float(1.0 - ok.mean()) if num_peaks else float("nan")}
   for name in ("width", "amplitude", "elongation"):
     values = found[name][ok]
     stats[f"{name}_mean"] = float(values.mean()) if values.size else float("nan")
     stats[f"{name}_std"] = float(values.std()) if values.size else float("nan")
+  stats["width_median"] = float(np.median(found["width"][ok])) if ok.any() else float("nan")
   stats["streak_fraction"] = float(np.mean(found["elongation"][ok] > STREAK_ELONGATION)) \
       if ok.any() else float("nan")
   stats.update(uniformity(np.stack([found["y"][ok], found["x"][ok]], -1), spec.image_size))
