@@ -1,7 +1,9 @@
 """Every test runs on two emulated CPU devices, with rank promotion an error."""
+import gc
 import os
 
 import jax
+import pytest
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 2)
@@ -13,3 +15,14 @@ from jaxgen import layers  # noqa: E402
 
 layers.configure_cpu()
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxgen-tfds-test"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+  """XLA:CPU maps memory for every program it compiles and keeps them while JAX's caches hold
+  them: one test file leaves about 9,000 maps, and the whole suite in one process would pass the
+  kernel's default limit of 65,530 (vm.max_map_count), where compilation segfaults. Each file's
+  programs are dropped after it."""
+  yield
+  jax.clear_caches()
+  gc.collect()
