@@ -81,8 +81,7 @@ def run(models, dataset: str, updates: int, num_samples: int, seed: int, root: s
   check(models, updates, num_samples)
   folder = os.path.join(root, dataset)
   for model in models:  # before anything trains
-    done = checkpoint.Checkpoints(os.path.join(folder, model, "checkpoints"),
-                                  read_only=True).latest_step()
+    done = checkpoint.latest_step(os.path.join(folder, model, "checkpoints"))
     if done is not None and done > updates:
       raise ValueError(f"{os.path.join(folder, model)} is trained to {done} updates, beyond "
                        f"--updates={updates}; choose another --root")

@@ -90,6 +90,18 @@ def disk_full(error: BaseException) -> bool:
       "RESOURCE_EXHAUSTED" in text or "No space left on device" in text)
 
 
+def latest_step(directory: str) -> Optional[int]:
+  """The step of the latest complete checkpoint in `directory`, read only; None when there is
+  none, or no such folder."""
+  if not os.path.isdir(directory):
+    return None
+  reader = Checkpoints(directory, read_only=True)
+  try:
+    return reader.latest_step()
+  finally:
+    reader.close()
+
+
 class Checkpoints:
   """The checkpoints of one run, in `directory`, keeping the newest `keep`.
 

@@ -310,9 +310,7 @@ def failure(error: BaseException, config: Settings):
   if isinstance(error, (checkpoint.SaveError, checkpoint.MismatchError, data.DatasetError)):
     return f"error: {error}", 1  # data: what the evaluations during training find of it
   if isinstance(error, OSError) and checkpoint.disk_full(error):
-    folder = os.path.join(config.workdir, "checkpoints")
-    last = checkpoint.Checkpoints(folder, read_only=True).latest_step() if os.path.isdir(
-        folder) else None
+    last = checkpoint.latest_step(os.path.join(config.workdir, "checkpoints"))
     return (f"error: the disk is full (writing {error.filename or 'a file of the run'}); the "
             f"last good checkpoint is step {last}, which resumes: free space and run the same "
             f"command again"), 1

@@ -90,9 +90,7 @@ def final_tree(run):
 
 def latest_step_of(run):
   """The latest checkpoint's step, or None."""
-  folder = os.path.join(run, "checkpoints")
-  return checkpoint.Checkpoints(folder, read_only=True).latest_step() if os.path.isdir(
-      folder) else None
+  return checkpoint.latest_step(os.path.join(run, "checkpoints"))
 
 
 def losses(run) -> list:
