@@ -5,7 +5,6 @@ Behaviours about processes run the real programs as processes and send them real
 
 import dataclasses
 import errno
-import json
 import os
 import random
 import re
