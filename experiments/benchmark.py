@@ -139,7 +139,8 @@ def dcgan_networks(image_size: int, channels: int, discriminator_class: str):
   dtype = PRECISIONS[FLAGS.precision]
   generator = dcgan.Generator(
       image_size, channels, FLAGS.width, FLAGS.latent, dtype=dtype,
-      conv_transpose=layers.PlainConvTranspose if plain else layers.ConvTranspose)
+      conv_transpose=layers.PlainConvTranspose if plain else layers.ConvTranspose,
+      upsample_conv=layers.PlainUpsampleConv if plain else layers.UpsampleConv)
   discriminator = getattr(dcgan, discriminator_class)(
       image_size, FLAGS.width, dtype=dtype, conv=layers.PlainConv if plain else layers.Conv)
   return generator, discriminator

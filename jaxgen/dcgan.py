@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgen.layers import Conv, ConvTranspose
+from jaxgen.layers import Conv, ConvTranspose, UpsampleConv
+
+UPSAMPLINGS = ("transpose", "resize")
 
 dcgan_init = nn.initializers.normal(0.02)
 
@@ -64,22 +66,34 @@ class Generator(nn.Module):
   latent_dim: int = 100
   axis_name: Any = None  # BatchNorm statistics are averaged over this pmap axis
   dtype: Any = None
+  # How each stride-2 layer doubles the size: "transpose" (DCGAN's k4 s2 p1 transposed
+  # convolution) or "resize" (nearest-neighbour upsampling, then a 3x3 convolution).
+  upsampling: str = "transpose"
   conv_transpose: Any = ConvTranspose
+  upsample_conv: Any = UpsampleConv
 
   @nn.compact
   def __call__(self, z, *, train: bool):
     n = num_upsamplings(self.image_size)
+    if self.upsampling not in UPSAMPLINGS:
+      raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got "
+                       f"{self.upsampling!r}")
     x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
-    for i in range(n):
-      features = self.width * 2 ** (n - 1 - i)
-      stride, padding = (1, 0) if i == 0 else (2, 1)
-      x = self.conv_transpose(features, 4, stride, padding, use_bias=False,
-                              kernel_init=dcgan_init, dtype=self.dtype,
-                              name=f"ConvTranspose_{i}")(x)
-      x = batch_norm(train, self.axis_name, self.dtype)(x)
-      x = nn.relu(x)
-    x = self.conv_transpose(self.channels, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
-                            dtype=self.dtype, name=f"ConvTranspose_{n}")(x)
+    for i in range(n + 1):
+      features = self.width * 2 ** (n - 1 - i) if i < n else self.channels
+      name = f"ConvTranspose_{i}"
+      if i == 0:  # the latent to 4x4
+        layer = self.conv_transpose(features, 4, 1, 0, use_bias=False, kernel_init=dcgan_init,
+                                    dtype=self.dtype, name=name)
+      elif self.upsampling == "resize":
+        layer = self.upsample_conv(features, 3, 2, 1, use_bias=False, kernel_init=dcgan_init,
+                                   dtype=self.dtype, name=name)
+      else:
+        layer = self.conv_transpose(features, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
+                                    dtype=self.dtype, name=name)
+      x = layer(x)
+      if i < n:
+        x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
     return jnp.tanh(x.astype(jnp.float32))
 
 

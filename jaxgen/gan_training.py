@@ -17,6 +17,7 @@ from jaxgen import training
 from jaxgen.flags import setting
 
 GENERATOR_LOSSES = ("non_saturating", "minimax")
+UPSAMPLINGS = ("transpose", "resize")  # jaxgen.dcgan.UPSAMPLINGS, without importing flax here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,20 +60,29 @@ class ConvSettings(training.Settings):
   latent_dim: int = setting(0, "latent size; 0 picks 32 for blobs1, 64 for blobs10, 100 otherwise")
   width: int = setting(0, "channels of the networks' outermost hidden layers; 0 picks DCGAN's 64, "
                           "or 32 for the blobs (four times less work)")
+  upsampling: str = setting("", "how the generator doubles the image size: transpose (DCGAN's "
+                                "k4 s2 transposed convolutions) | resize (nearest-neighbour "
+                                "upsampling then a 3x3 convolution); empty picks resize for the "
+                                "blobs (README: the blob study), transpose otherwise")
 
   AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
+  BEFORE = {**training.Settings.BEFORE, "upsampling": "transpose"}
 
   def __post_init__(self):
     super().__post_init__()
     if self.image_size:
       from jaxgen import dcgan
       dcgan.num_upsamplings(self.image_size)  # a one-line error for a size they cannot make
+    if self.upsampling not in ("",) + UPSAMPLINGS:
+      raise ValueError(f"--upsampling must be one of {', '.join(UPSAMPLINGS)} (or empty for the "
+                       f"dataset's default), got {self.upsampling!r}")
 
   def automatic(self) -> dict:
-    """DCGAN's width 64 and latent 100, or 32 channels and a latent of 32 (one blob) or 64 (ten
-    blobs) for the blob images."""
+    """DCGAN's width 64, latent 100 and transposed convolutions, or 32 channels, a latent of 32
+    (one blob) or 64 (ten blobs) and resize-convolutions for the blob images."""
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "width": 32 if blobs else 64,
+            "upsampling": "resize" if blobs else "transpose",
             "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
@@ -83,8 +93,10 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
   from jaxgen.layers import PRECISIONS
 
   dtype = PRECISIONS[config.precision]
+  # An unresolved "" is a run saved before the setting existed: DCGAN's transposed convolutions.
   generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
-                              axis_name=axis_name, dtype=dtype)
+                              axis_name=axis_name, dtype=dtype,
+                              upsampling=config.upsampling or "transpose")
   if critic:
     return generator, dcgan.Critic(config.image_size, config.width, dtype=dtype)
   return generator, dcgan.Discriminator(config.image_size, config.width, axis_name=axis_name,

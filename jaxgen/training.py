@@ -62,6 +62,8 @@ class Settings:
   # Settings that must be positive, and automatic ones (0 = resolved by `automatic`).
   POSITIVE = ("steps", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
   AUTOMATIC = ("image_size", "batch_size", "num_devices")
+  # The value an automatic setting added later had in runs saved before it existed.
+  BEFORE = {}
 
   def __post_init__(self):
     for name in self.POSITIVE:
@@ -90,6 +92,8 @@ class Settings:
     resume."""
     saved = saved or {}
     auto = self.automatic()
+    if saved:
+      auto.update({k: v for k, v in self.BEFORE.items() if k not in saved})
     values = {k: saved.get(k) or v for k, v in auto.items()
               if k != "num_devices" and not getattr(self, k)}
     return dataclasses.replace(self, **values)

@@ -40,6 +40,7 @@ def prepare(config, model: str, source) -> dict:
     # A setting newer than the saved run had its default value there, and an automatic one
     # saved unresolved (0, by jaxgen before 0.2) had the value the same rule gives now.
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    defaults.update(getattr(config, "BEFORE", {}))
     automatic = config.automatic() if hasattr(config, "automatic") else {}
 
     def saved_value(k):

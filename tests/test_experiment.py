@@ -229,6 +229,32 @@ def test_a_run_saved_with_unresolved_automatic_settings_resumes(tmp_path):
   assert setup(config)[0].width == 32
 
 
+def test_upsampling_is_resize_for_the_blobs_and_a_run_from_before_it_keeps_transpose(tmp_path):
+  assert setup(wgan_gp.Config(workdir=str(tmp_path / "new")))[0].upsampling == "resize"
+  assert wgan_gp.Config(dataset="celeba").resolved().upsampling == "transpose"
+  with pytest.raises(ValueError, match="--upsampling must be one of transpose, resize"):
+    wgan_gp.Config(upsampling="bilinear")
+  # A run written before the setting existed: its config.json has no "upsampling", and its
+  # checkpoint holds transposed-convolution kernels (4x4), not resize ones (3x3).
+  config = tiny(tmp_path / "old", steps=1, upsampling="transpose")
+  wgan_gp.train(config)
+  path = os.path.join(config.workdir, "config.json")
+  saved = json.load(open(path))
+  del saved["upsampling"]
+  json.dump(saved, open(path, "w"))
+  resumed = dataclasses.replace(config, steps=2, upsampling="")
+  assert setup(resumed)[0].upsampling == "transpose"
+  wgan_gp.train(resumed)
+  assert json.load(open(path))["upsampling"] == "transpose"
+  with pytest.raises(ValueError, match="holds a run with upsampling='transpose', not 'resize'"):
+    setup(dataclasses.replace(config, upsampling="resize"))
+  saved = json.load(open(path))
+  del saved["upsampling"]
+  json.dump(saved, open(path, "w"))  # sampled from as it was: no setting, 4x4 kernels
+  images, _, step = sample.draw_samples(config.workdir, 4)
+  assert step == 2 and images.shape == (4, 8, 8, 1)
+
+
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
   config = tiny(tmp_path / "run", steps=2)
   wgan_gp.train(config)

@@ -112,11 +112,13 @@ def test_mlp_discriminator_reads_brightness_so_black_sits_at_every_kink():
 
 @pytest.mark.parametrize("module, x, kwargs", [
     (dcgan.Generator(16, 3, 8, 6), jnp.ones((2, 6)), {"train": True}),
+    (dcgan.Generator(16, 3, 8, 6, upsampling="resize"), jnp.ones((2, 6)), {"train": True}),
     (dcgan.Critic(16, 8), jnp.ones((2, 16, 16, 3)), {}),
     (dcgan.Discriminator(16, 8), jnp.ones((2, 16, 16, 3)), {"train": True}),
-], ids=["generator", "critic", "discriminator"])
+], ids=["generator", "resize_generator", "critic", "discriminator"])
 def test_plain_convolutions_compute_what_jaxgen_layers_compute(module, x, kwargs):
-  plain = module.clone(**({"conv_transpose": layers.PlainConvTranspose}
+  plain = module.clone(**({"conv_transpose": layers.PlainConvTranspose,
+                           "upsample_conv": layers.PlainUpsampleConv}
                           if isinstance(module, dcgan.Generator) else {"conv": layers.PlainConv}))
   x = x * jax.random.uniform(jax.random.PRNGKey(3), x.shape, minval=-1, maxval=1)
   fast_vars = module.init(jax.random.PRNGKey(0), x, **kwargs)

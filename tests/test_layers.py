@@ -127,3 +127,38 @@ def test_conv_matches_flax(size, k, stride, padding):
   assert jax.tree.map(jnp.shape, theirs.init(jax.random.PRNGKey(1), x)) == \
       jax.tree.map(jnp.shape, params)
   np.testing.assert_allclose(ours.apply(params, x), theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,cin", [(4, 6), (5, 3), (1, 8)])
+def test_upsample_conv_is_resize_then_conv(size, cin):
+  """The one transposed convolution UpsampleConv computes equals nearest-neighbour upsampling
+  then a 3x3 convolution (PlainUpsampleConv, flax's nn.Conv on jnp.repeat), values and the
+  gradients of parameters and input, on the same parameters."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size, cin))
+  ours = layers.UpsampleConv(5)
+  params = ours.init(jax.random.PRNGKey(1), x)
+  theirs = layers.PlainUpsampleConv(5)
+  assert jax.tree.map(jnp.shape, theirs.init(jax.random.PRNGKey(1), x)) == \
+      jax.tree.map(jnp.shape, params)
+  y = ours.apply(params, x)
+  assert y.shape == (2, 2 * size, 2 * size, 5)
+  np.testing.assert_allclose(y, theirs.apply(params, x), rtol=1e-5, atol=1e-5)
+  # A third computation: each 2x2 block of the output read off one 3x3 window of the input.
+  w = np.asarray(params["params"]["kernel"], np.float64)
+  up = np.repeat(np.repeat(np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0))),
+                           2, 1), 2, 2)[:, 1:-1, 1:-1]  # upsampled, padded by one pixel
+  r, c = 2 * size - 1, 2 * size - 2
+  direct = np.einsum("nhwc,hwcf->nf", up[:, r:r + 3, c:c + 3], w) + \
+      np.asarray(params["params"]["bias"])
+  np.testing.assert_allclose(y[:, r, c], direct, rtol=1e-5, atol=1e-5)
+  dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
+  g_ours = jax.vjp(lambda p, x: ours.apply(p, x), params, x)[1](dy)
+  g_theirs = jax.vjp(lambda p, x: theirs.apply(p, x), params, x)[1](dy)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_upsample_conv_refuses_other_shapes():
+  x = jnp.zeros((1, 4, 4, 2))
+  with pytest.raises(ValueError, match="upsampling by 2 then a 3x3 convolution"):
+    layers.UpsampleConv(3, 4, 2, 1).init(jax.random.PRNGKey(0), x)
