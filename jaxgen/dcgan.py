@@ -58,6 +58,15 @@ def num_upsamplings(image_size: int) -> int:
   return int(n)
 
 
+def with_coordinates(x):
+  """x (B, H, W, C) with two more channels: each pixel centre's row and column, in [-1, 1]."""
+  b, h, w, _ = x.shape
+  rows = jnp.broadcast_to(((jnp.arange(h) + 0.5) * (2.0 / h) - 1.0)[:, None], (h, w))
+  cols = jnp.broadcast_to(((jnp.arange(w) + 0.5) * (2.0 / w) - 1.0)[None, :], (h, w))
+  grid = jnp.broadcast_to(jnp.stack([rows, cols], -1)[None], (b, h, w, 2)).astype(x.dtype)
+  return jnp.concatenate([x, grid], -1)
+
+
 class Generator(nn.Module):
   """Maps latent vectors (B, latent_dim) to images (B, size, size, channels) in [-1, 1]."""
   image_size: int = 32
@@ -69,6 +78,9 @@ class Generator(nn.Module):
   # How each stride-2 layer doubles the size: "transpose" (DCGAN's k4 s2 p1 transposed
   # convolution) or "resize" (nearest-neighbour upsampling, then a 3x3 convolution).
   upsampling: str = "transpose"
+  # CoordConv (Liu et al. 2018): two channels of pixel coordinates in [-1, 1] added to the input
+  # of every stride-2 layer, so that where a pixel is can be computed, not only what is near it.
+  coordinates: bool = False
   conv_transpose: Any = ConvTranspose
   upsample_conv: Any = UpsampleConv
 
@@ -91,6 +103,8 @@ class Generator(nn.Module):
       else:
         layer = self.conv_transpose(features, 4, 2, 1, use_bias=False, kernel_init=dcgan_init,
                                     dtype=self.dtype, name=name)
+      if i > 0 and self.coordinates:
+        x = with_coordinates(x)
       x = layer(x)
       if i < n:
         x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
@@ -102,6 +116,10 @@ class Critic(nn.Module):
   image_size: int = 32
   width: int = 64  # channels of the first layer; later layers double it
   dtype: Any = None
+  # Units of a hidden layer between the last 4x4 map and the score; 0 is DCGAN's linear head.
+  # A linear head scores the sum of what each 4x4 cell holds, so it cannot tell an image of two
+  # far-apart blobs plus an empty one from two images of one blob; a hidden layer can count.
+  hidden: int = 0
   conv: Any = Conv
 
   @nn.compact
@@ -111,7 +129,11 @@ class Critic(nn.Module):
       x = self.conv(self.width * 2 ** i, 4, 2, 1, kernel_init=dcgan_init, dtype=self.dtype,
                     name=f"Conv_{i}")(x)
       x = nn.leaky_relu(x, 0.2)
-    x = self.conv(1, 4, 1, 0, kernel_init=dcgan_init, dtype=self.dtype, name=f"Conv_{n}")(x)
+    x = self.conv(self.hidden or 1, 4, 1, 0, kernel_init=dcgan_init, dtype=self.dtype,
+                  name=f"Conv_{n}")(x)
+    if self.hidden:
+      x = nn.Dense(1, kernel_init=dcgan_init, dtype=self.dtype, name="Dense_0")(
+          nn.leaky_relu(x.reshape(x.shape[0], self.hidden), 0.2))
     return x.reshape(x.shape[0]).astype(jnp.float32)
 
 

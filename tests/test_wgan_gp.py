@@ -43,6 +43,52 @@ def test_module_shapes(size, channels):
   chex.assert_shape(d.apply(d_vars, images), (3,))
 
 
+def test_blob_variants_of_the_networks_have_the_expected_layers():
+  g = dcgan.Generator(32, 1, 8, 6, upsampling="resize", coordinates=True)
+  d = dcgan.Critic(32, 8, hidden=16)
+  g_vars = jax.eval_shape(lambda: g.init(jax.random.PRNGKey(0), jnp.zeros((2, 6)), train=False))
+  d_vars = jax.eval_shape(lambda: d.init(jax.random.PRNGKey(0), jnp.zeros((2, 32, 32, 1))))
+  # Resize layers are 3x3 Convs (k, k, in, out), each reading two coordinate channels more.
+  assert _kernel_shapes(g_vars["params"]) == [
+      (4, 4, 32, 6), (3, 3, 34, 16), (3, 3, 18, 8), (3, 3, 10, 1)]
+  assert _kernel_shapes({k: v for k, v in d_vars["params"].items() if k != "Dense_0"}) == [
+      (4, 4, 1, 8), (4, 4, 8, 16), (4, 4, 16, 32), (4, 4, 32, 16)]
+  assert d_vars["params"]["Dense_0"]["kernel"].shape == (16, 1)
+
+
+def test_coordinates_are_the_pixel_centres():
+  x = dcgan.with_coordinates(jnp.zeros((2, 4, 2, 3)))
+  chex.assert_shape(x, (2, 4, 2, 5))
+  np.testing.assert_allclose(x[1, :, 0, 3], [-0.75, -0.25, 0.25, 0.75])  # rows
+  np.testing.assert_allclose(x[0, 2, :, 4], [-0.5, 0.5])  # columns
+
+
+def _far_apart_blobs(size=32):
+  """Images (empty, blob at A, blob at B, blobs at A and B) in [-1, 1], A and B in opposite
+  corners, farther apart than the 22-pixel receptive field of a cell of the critic's 4x4 map."""
+  x = -np.ones((4, size, size, 1), np.float32)
+  spot = np.array([[0.5, 1.0, 0.5], [1.0, 2.0, 1.0], [0.5, 1.0, 0.5]], np.float32)
+  for i, (r, c) in [(1, (1, 1)), (2, (size - 4, size - 4)), (3, (1, 1)), (3, (size - 4, size - 4))]:
+    x[i, r:r + 3, c:c + 3, 0] += spot
+  return jnp.asarray(x)
+
+
+def test_a_linear_head_adds_up_the_cells_and_a_hidden_head_does_not():
+  """Two far-apart blobs plus an empty image score exactly what two one-blob images score under
+  DCGAN's linear head, whatever its weights: it cannot count. The hidden head can."""
+  x = _far_apart_blobs()
+  for hidden in (0, 32):
+    critic = dcgan.Critic(32, 8, hidden=hidden)
+    params = critic.init(jax.random.PRNGKey(hidden), x)
+    params = jax.tree.map(lambda p: p * 40.0, params)  # weights of order 1, not DCGAN's 0.02
+    empty, a, b, both = np.asarray(critic.apply(params, x), np.float64)
+    gap = abs((both + empty) - (a + b))
+    if hidden:
+      assert gap > 1e-2 * max(abs(a - empty), abs(b - empty))
+    else:
+      assert abs(a - empty) > 1e-2 and gap < 1e-4 * max(abs(a - empty), abs(b - empty))  # float32
+
+
 def test_bad_image_size_is_a_clear_error():
   with pytest.raises(ValueError, match="power of two"):
     dcgan.num_upsamplings(48)
