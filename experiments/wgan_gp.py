@@ -28,27 +28,23 @@ class Config(gan_training.ConvSettings):
   n_critic: int = setting(5, "critic updates per generator update")
   gp_weight: float = setting(10.0, "gradient penalty weight lambda")
   learning_rate: float = setting(1e-4, "Adam learning rate (b1=0, b2=0.9) of both networks")
-  critic_head: str = setting("", "linear (DCGAN's: the score is linear in the last 4x4 map) | "
-                                 "hidden (a hidden layer as wide as the last convolution, then "
-                                 "the score: a critic that can count objects across the image); "
-                                 "empty picks hidden for the blobs, linear otherwise")
+  critic_head: str = setting("linear", "linear (DCGAN's: the score is linear in the last 4x4 "
+                                       "map, a sum over its cells) | hidden (a hidden layer as "
+                                       "wide as the last convolution, then the score: a critic "
+                                       "that can count objects across the image)")
 
   POSITIVE = training.Settings.POSITIVE + ("n_critic",)
-  BEFORE = {**gan_training.ConvSettings.BEFORE, "critic_head": "linear"}
 
   def __post_init__(self):
     super().__post_init__()
     if self.learning_rate <= 0 or self.gp_weight < 0:
       raise ValueError(f"--learning_rate must be positive and --gp_weight non-negative, got "
                        f"{self.learning_rate} and {self.gp_weight}")
-    if self.critic_head not in ("", "linear", "hidden"):
-      raise ValueError(f"--critic_head must be linear or hidden (or empty for the dataset's "
-                       f"default), got {self.critic_head!r}")
+    if self.critic_head not in ("linear", "hidden"):
+      raise ValueError(f"--critic_head must be linear or hidden, got {self.critic_head!r}")
 
   def automatic(self) -> dict:
-    blobs = self.dataset.startswith("blobs")
-    return {**super().automatic(), "batch_size": 32 if blobs else 64,
-            "critic_head": "hidden" if blobs else "linear"}
+    return {**super().automatic(), "batch_size": 32 if self.dataset.startswith("blobs") else 64}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=True)

@@ -64,6 +64,8 @@ class ConvSettings(training.Settings):
                                 "k4 s2 transposed convolutions) | resize (nearest-neighbour "
                                 "upsampling then a 3x3 convolution); empty picks resize for the "
                                 "blobs (README: the blob study), transpose otherwise")
+  coordinates: bool = setting(False, "CoordConv (Liu et al. 2018): give every stride-2 layer of "
+                                     "the generator two channels of pixel coordinates")
 
   AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
   BEFORE = {**training.Settings.BEFORE, "upsampling": "transpose"}
@@ -96,7 +98,8 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
   # An unresolved "" is a run saved before the setting existed: DCGAN's transposed convolutions.
   generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
                               axis_name=axis_name, dtype=dtype,
-                              upsampling=config.upsampling or "transpose")
+                              upsampling=config.upsampling or "transpose",
+                              coordinates=config.coordinates)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \
