@@ -32,6 +32,7 @@ def tiny(path, **overrides):
 
 def final_state(config):
   """The run's latest checkpoint, restored as a GANState."""
+  config = config.resolved()
   generator, critic = wgan_gp.networks(config, 1)
   optimizer = wgan_gp_lib.optimizer(config.learning_rate)
   like = gan.init_state(jax.random.PRNGKey(0), generator=generator, discriminator=critic,
@@ -79,7 +80,7 @@ def test_samples_from_a_run(tmp_path):
   assert images.min() >= 0.0 and images.max() <= 1.0  # blobs1's own pixel range
   # The same as the generator applied by hand to the same latents, mapped back.
   state, _ = final_state(config)
-  generator, _ = wgan_gp.networks(config, 1)
+  generator, _ = wgan_gp.networks(config.resolved(), 1)
   z = jax.random.normal(jax.random.split(jax.random.PRNGKey(0), 3)[0], (2, 3))
   by_hand = data.from_model_range(gan.generate(generator, state, z), (0.0, 1.0))
   np.testing.assert_allclose(images[:2], by_hand, rtol=1e-5, atol=1e-6)
@@ -181,7 +182,8 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
     (dict(steps=0), "--steps must be positive"),
     (dict(image_size=48), "power of two"),
     (dict(num_devices=2, batch_size=63), "multiple of 2"),
-    (dict(learning_rate=-1.0), "--learning_rate must be positive"),
+    (dict(learning_rate=-1.0), "--learning_rate must be 0 \\(automatic\\) or positive"),
+    (dict(gp_weight=-1.0), "--gp_weight must be non-negative"),
     (dict(dataset="blobz1"), "unknown --dataset='blobz1'"),
     (dict(precision="float16"), "--precision must be one of float32, bfloat16, got 'float16'"),
 ])
@@ -196,6 +198,8 @@ def _automatic(config):
 
 
 def test_automatic_settings_follow_the_dataset(tmp_path):
+  assert wgan_gp.Config().resolved().learning_rate == 1e-3  # the blob study's
+  assert wgan_gp.Config(dataset="celeba").resolved().learning_rate == 1e-4  # the paper's
   assert _automatic(wgan_gp.Config(workdir=str(tmp_path))) == (32, 32, 32, 32)
   assert _automatic(wgan_gp.Config(dataset="blobs10"))[3] == 64
   assert _automatic(wgan_gp.Config(dataset="celeba")) == (64, 64, 64, 100)
@@ -312,6 +316,7 @@ def _loop_before_the_shared_pieces(config, num_devices):
   from jaxgen import parallel
 
   devices = jax.local_devices()[:num_devices]
+  config = config.resolved()
   source = data.load(config.dataset, image_size=config.image_size, batch_size=config.batch_size,
                      seed=config.seed)
   generator, critic = wgan_gp.networks(config, 1, axis_name=parallel.AXIS)
