@@ -54,7 +54,9 @@ def load_sampler(workdir_path: str):
     raise ValueError(f"--workdir={workdir_path} holds a {settings['model']!r} run, which this "
                      f"jaxgen has no program for") from None
   names = {f.name for f in dataclasses.fields(program.Config)}
-  config = program.Config(**{k: v for k, v in settings.items() if k in names})
+  # A setting newer than the run takes the value it had then (Settings.BEFORE).
+  before = {k: v for k, v in program.Config.BEFORE.items() if k not in settings}
+  config = program.Config(**{k: v for k, v in settings.items() if k in names}, **before)
   latent_shape, generate = program.sampler(config, tuple(settings["image_shape"]))
   checkpoints = checkpoint.Checkpoints(os.path.join(workdir_path, "checkpoints"), read_only=True)
   try:

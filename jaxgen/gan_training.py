@@ -62,8 +62,8 @@ class ConvSettings(training.Settings):
                           "or 32 for the blobs (four times less work)")
   upsampling: str = setting("", "how the generator doubles the image size: transpose (DCGAN's "
                                 "k4 s2 transposed convolutions) | resize (nearest-neighbour "
-                                "upsampling then a 3x3 convolution); empty picks resize for the "
-                                "blobs (README: the blob study), transpose otherwise")
+                                "upsampling then a 3x3 convolution); empty picks transpose "
+                                "(WGAN-GP: resize for the blobs, README: the blob study)")
   coordinates: bool = setting(False, "CoordConv (Liu et al. 2018): give every stride-2 layer of "
                                      "the generator two channels of pixel coordinates")
 
@@ -80,11 +80,10 @@ class ConvSettings(training.Settings):
                        f"dataset's default), got {self.upsampling!r}")
 
   def automatic(self) -> dict:
-    """DCGAN's width 64, latent 100 and transposed convolutions, or 32 channels, a latent of 32
-    (one blob) or 64 (ten blobs) and resize-convolutions for the blob images."""
+    """DCGAN's width 64, latent 100 and transposed convolutions, or 32 channels and a latent of
+    32 (one blob) or 64 (ten blobs) for the blob images."""
     blobs = self.dataset.startswith("blobs")
-    return {**super().automatic(), "width": 32 if blobs else 64,
-            "upsampling": "resize" if blobs else "transpose",
+    return {**super().automatic(), "width": 32 if blobs else 64, "upsampling": "transpose",
             "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
@@ -95,10 +94,11 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
   from jaxgen.layers import PRECISIONS
 
   dtype = PRECISIONS[config.precision]
-  # An unresolved "" is a run saved before the setting existed: DCGAN's transposed convolutions.
+  # An unresolved "" takes the automatic value (a run saved before the setting existed is
+  # resolved with Settings.BEFORE: DCGAN's transposed convolutions).
   generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
                               axis_name=axis_name, dtype=dtype,
-                              upsampling=config.upsampling or "transpose",
+                              upsampling=config.upsampling or config.resolved().upsampling,
                               coordinates=config.coordinates)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).

@@ -135,7 +135,8 @@ def test_plain_convolutions_compute_what_jaxgen_layers_compute(module, x, kwargs
   plain_grads, plain_out = output_and_grads(plain)
   assert float(jnp.std(fast_out)) > 1e-3  # outputs that vary, not a constant
   chex.assert_trees_all_close(fast_out, plain_out, rtol=1e-5, atol=1e-6)
-  chex.assert_trees_all_close(fast_grads, plain_grads, rtol=1e-4, atol=1e-6)
+  # Gradients of order 1 through BatchNorm: float32 rounding reaches a few 1e-6.
+  chex.assert_trees_all_close(fast_grads, plain_grads, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ losses
