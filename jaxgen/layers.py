@@ -21,13 +21,13 @@ forward convolution, an input-dilated forward convolution, and the weight gradie
 gradients agree with plain autodiff up to float rounding (tests/test_layers.py checks first and
 second order).
 
-Each of the three primals is then written in the form XLA:CPU (jax 0.10, 2 AVX2 cores) ran
-fastest when timed in isolation: a kernel covering the whole input (the 1x1 -> 4x4 transposed
-convolution, the 4x4 -> 1 critic head) is a matrix product; the input gradient of a strided
-convolution (the transposed convolution) is one stride-1 convolution per output phase,
-interleaved (no multiplications by inserted zeros, no outputs cropped away); the weight gradient
-is XLA's own, except over an image's few channels, where it is one matrix product of im2col
-patches (XLA's window-dilated convolution ran at a fifth of that speed there).
+Each of the three primals then has several equivalent forms: XLA's own convolution, a matrix
+product where the kernel covers the whole input (the 1x1 -> 4x4 transposed convolution, the
+4x4 -> 1 critic head), a stride-1 convolution of the space-to-depth input, one stride-1
+convolution per output phase, interleaved (an input gradient without multiplications by inserted
+zeros or outputs cropped away), one matrix product of im2col patches. `jaxgen.conv_forms` picks
+one per map and shape by timing them on the machine at hand (or from a fixed table, or XLA's own
+everywhere: $JAXGEN_CONV_FORMS).
 """
 
 import functools
@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxgen import conv_forms
+
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 # jax 0.10's XLA:CPU hands single convolutions to YNNPACK, which ran this package's convolutions
@@ -48,15 +50,23 @@ _CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 
 
 def configure_cpu() -> bool:
-  """Adds the XLA:CPU setting these layers are tuned for to XLA_FLAGS; True when it is in force.
+  """Adds the XLA:CPU setting for single convolutions to XLA_FLAGS where it makes jaxgen's
+  convolutions faster; True when it is in force.
 
-  Programs call it (through `jaxgen.training.configure_jax`) first in `main`: it only takes effect
-  before JAX starts its CPU backend. A user's own setting of the flag wins; on other jax versions
-  nothing changes. Importing this module changes nothing."""
+  Part of the convolution form setting ($JAXGEN_CONV_FORMS, `jaxgen.conv_forms`): "measure"
+  times a probe step with and without the flag in two fresh processes once per machine and keeps
+  the answer in the form cache; "fixed" sets it (it ran the critic gradient 1.3x faster on the
+  project's AVX2 machines); "lax" leaves XLA's defaults. Programs call it (through
+  `jaxgen.training.configure_jax`) first in `main`: it only takes effect before JAX starts its
+  CPU backend. A user's own setting of the flag wins; on other jax versions, and where an
+  accelerator backend is expected, nothing changes. Importing this module changes nothing."""
   flags = os.environ.get("XLA_FLAGS", "")
   if "ynn_fusion_type" in flags:
     return _CPU_FLAG in flags
-  if jax.__version__ not in ("0.10.2",):
+  if jax.__version__ not in ("0.10.2",) or conv_forms.accelerator_expected():
+    return False
+  setting = conv_forms.mode()
+  if setting == "lax" or (setting == "measure" and not conv_forms.flag_choice(_CPU_FLAG)):
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {_CPU_FLAG}".strip()
   return True
@@ -73,15 +83,16 @@ def _whole_window(x_hw, kernel_hw, padding):
   return padding == 0 and tuple(x_hw) == tuple(kernel_hw)
 
 
-def _forward(x, w, stride, padding):
-  if _whole_window(x.shape[1:3], w.shape[:2], padding):
-    # a 4x4 -> 1x1 head, or the adjoint of a 1x1 -> 4x4 transposed convolution: XLA:CPU runs
-    # the matrix product several times faster than the equivalent convolution.
-    y = x.reshape(x.shape[0], -1) @ w.reshape(-1, w.shape[-1])
-    return y.reshape(x.shape[0], 1, 1, -1)
+def _lax_forward(x, w, stride, padding):
   return lax.conv_general_dilated(
       x, w, (stride, stride), ((padding, padding), (padding, padding)),
       dimension_numbers=_DIMENSIONS)
+
+
+def _matmul_forward(x, w):
+  """A kernel covering the whole input: one matrix product (N, H*W*C) @ (H*W*C, O)."""
+  y = x.reshape(x.shape[0], -1) @ w.reshape(-1, w.shape[-1])
+  return y.reshape(x.shape[0], 1, 1, -1)
 
 
 def _space_to_depth(x, s):
@@ -96,10 +107,10 @@ def _pad(x, padding):
   return jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
-def _phases_fit(x, kernel_hw, stride, padding):
-  """True when a strided convolution of NHWC `x` splits into whole stride x stride phases: a
-  square kernel and a padded input that the stride divides."""
-  k, h, wd = kernel_hw[0], x.shape[1] + 2 * padding, x.shape[2] + 2 * padding
+def _phases_fit(x_shape, kernel_hw, stride, padding):
+  """True when a strided convolution of NHWC input of `x_shape` splits into whole stride x stride
+  phases: a square kernel and a padded input that the stride divides."""
+  k, h, wd = kernel_hw[0], x_shape[1] + 2 * padding, x_shape[2] + 2 * padding
   return stride > 1 and kernel_hw[1] == k and not (k % stride or h % stride or wd % stride)
 
 
@@ -118,13 +129,13 @@ def _unphase_kernel(w, s):
 
 
 def _phase_forward(x, w, stride, padding):
-  """`_forward` written as a stride-1 convolution of the space-to-depth padded input.
+  """The strided convolution as a stride-1 convolution of the space-to-depth padded input
+  (`_phases_fit` shapes only).
 
-  Its transpose (the input gradient) is then a stride-1 convolution, which XLA:CPU runs faster
-  than the input-dilated one it emits for a strided convolution (no multiplications by zeros).
+  Its transpose (an input gradient) is then a stride-1 convolution, which XLA:CPU runs faster
+  than the input-dilated one it emits for a strided convolution (no multiplications by zeros),
+  and its weight gradient that of a stride-1 convolution.
   """
-  if not _phases_fit(x, w.shape[:2], stride, padding):
-    return _forward(x, w, stride, padding)
   x = _space_to_depth(_pad(x, padding), stride)
   return lax.conv_general_dilated(x, _phase_kernel(w, stride), (1, 1), "VALID",
                                   dimension_numbers=_DIMENSIONS)
@@ -138,27 +149,108 @@ def _patches(x, kernel_hw, stride, padding, out_hw):
        for i in range(kernel_hw[0]) for j in range(kernel_hw[1])], axis=-1)
 
 
-def _weight_grad(x, dy, stride, padding, kernel_hw):
-  """Primal of `conv2d_weight_grad`, by whichever formulation XLA:CPU runs fastest for the shape."""
-  if _whole_window(x.shape[1:3], kernel_hw, padding):
-    return (x.reshape(x.shape[0], -1).T @ dy.reshape(dy.shape[0], -1)).reshape(
-        *kernel_hw, x.shape[-1], dy.shape[-1])
-  if x.shape[-1] <= 4:
-    # an image's few channels: the window-dilated convolution XLA emits runs at a fraction of
-    # the speed of one matrix product over im2col patches (measured, README). With more input
-    # channels the convolution is faster than building and transposing the patches.
-    if _phases_fit(x, kernel_hw, stride, padding):
-      # im2col of the space-to-depth input: (k/s)^2 slices instead of k^2 (smaller programs).
-      k = kernel_hw[0]
-      xs = _space_to_depth(_pad(x, padding), stride)
-      p = _patches(xs, (k // stride, k // stride), 1, 0, dy.shape[1:3])
-      dw = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
-      return _unphase_kernel(dw.reshape(k // stride, k // stride, -1, dy.shape[-1]), stride)
-    p = _patches(x, kernel_hw, stride, padding, dy.shape[1:3])
-    dw = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
-    return dw.reshape(*kernel_hw, x.shape[-1], dy.shape[-1])
+# im2col forms are candidates only up to this many patch elements (a quarter of a GiB in float32).
+_MAX_PATCH_ELEMENTS = 1 << 26
+
+
+def _output_hw(x_hw, kernel_hw, stride, padding):
+  return tuple((size + 2 * padding - k) // stride + 1 for size, k in zip(x_hw, kernel_hw))
+
+
+def _patches_fit(x_shape, kernel_hw, stride, padding):
+  ho, wo = _output_hw(x_shape[1:3], kernel_hw, stride, padding)
+  return x_shape[0] * ho * wo * kernel_hw[0] * kernel_hw[1] * x_shape[3] <= _MAX_PATCH_ELEMENTS
+
+
+def _patches_forward(x, w, stride, padding):
+  """The convolution as one matrix product of im2col patches with the (kh*kw*C, O) kernel."""
+  out_hw = _output_hw(x.shape[1:3], w.shape[:2], stride, padding)
+  return _patches(x, w.shape[:2], stride, padding, out_hw) @ w.reshape(-1, w.shape[-1])
+
+
+def forward_forms(x, w, stride, padding):
+  """The forms of `conv2d`'s primal for these operands: ({form: fn(x, w)}, the fixed table's)."""
+  forms = {"lax": lambda x, w: _lax_forward(x, w, stride, padding)}
+  whole = _whole_window(x.shape[1:3], w.shape[:2], padding)
+  if whole:
+    # a 4x4 -> 1x1 head, or the adjoint of a 1x1 -> 4x4 transposed convolution: XLA:CPU (AVX2)
+    # ran the matrix product several times faster than the equivalent convolution.
+    forms["matmul"] = _matmul_forward
+  if _phases_fit(x.shape, w.shape[:2], stride, padding):
+    forms["phase"] = lambda x, w: _phase_forward(x, w, stride, padding)
+  if not whole and _patches_fit(x.shape, w.shape[:2], stride, padding):
+    forms["patches"] = lambda x, w: _patches_forward(x, w, stride, padding)
+  return forms, "matmul" if whole else "lax"
+
+
+def _forward(x, w, stride, padding):
+  """Primal of `conv2d`, in the form `conv_forms` chooses for the shape."""
+  forms, fixed = forward_forms(x, w, stride, padding)
+  return forms[conv_forms.choose("forward", forms, fixed, (x, w), (stride, padding))](x, w)
+
+
+def weight_grad_forms(x, dy, stride, padding, kernel_hw):
+  """The forms of `conv2d_weight_grad`'s primal: ({form: fn(x, dy)}, the fixed table's)."""
   shape = (*kernel_hw, x.shape[-1], dy.shape[-1])
-  return _transpose_of(lambda w: _forward(x, w, stride, padding), shape, x.dtype, dy)
+  forms = {"lax": lambda x, dy: _transpose_of(
+      lambda w: _lax_forward(x, w, stride, padding), shape, x.dtype, dy)}
+  whole = _whole_window(x.shape[1:3], kernel_hw, padding)
+  phases = _phases_fit(x.shape, kernel_hw, stride, padding)
+  if whole:
+    forms["matmul"] = lambda x, dy: (
+        x.reshape(x.shape[0], -1).T @ dy.reshape(dy.shape[0], -1)).reshape(shape)
+  if phases:
+    forms["phase"] = lambda x, dy: _transpose_of(
+        lambda w: _phase_forward(x, w, stride, padding), shape, x.dtype, dy)
+    # im2col of the space-to-depth input: (k/s)^2 slices instead of k^2 (smaller programs).
+    forms["phase_patches"] = lambda x, dy: _phase_patches_weight_grad(
+        x, dy, stride, padding, kernel_hw)
+  if not whole and _patches_fit(x.shape, kernel_hw, stride, padding):
+    forms["patches"] = lambda x, dy: lax.dot_general(
+        _patches(x, kernel_hw, stride, padding, dy.shape[1:3]), dy,
+        (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(shape)
+  # The fixed table: over an image's few channels the window-dilated convolution XLA emits ran
+  # at a fraction of the speed of one matrix product over im2col patches (2 AVX2 cores, README);
+  # with more input channels XLA's was faster than building and transposing the patches.
+  fixed = "matmul" if whole else (
+      ("phase_patches" if phases else "patches") if x.shape[-1] <= 4 else "lax")
+  return forms, fixed if fixed in forms else "lax"
+
+
+def _weight_grad(x, dy, stride, padding, kernel_hw):
+  """Primal of `conv2d_weight_grad`, in the form `conv_forms` chooses for the shape."""
+  forms, fixed = weight_grad_forms(x, dy, stride, padding, kernel_hw)
+  form = conv_forms.choose("weight_grad", forms, fixed, (x, dy),
+                           (stride, padding, tuple(kernel_hw)))
+  return forms[form](x, dy)
+
+
+def _phase_patches_weight_grad(x, dy, stride, padding, kernel_hw):
+  k = kernel_hw[0]
+  xs = _space_to_depth(_pad(x, padding), stride)
+  p = _patches(xs, (k // stride, k // stride), 1, 0, dy.shape[1:3])
+  dw = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+  return _unphase_kernel(dw.reshape(k // stride, k // stride, -1, dy.shape[-1]), stride)
+
+
+def _subpixel_pads(dy_shape, w_shape, stride, padding, input_hw):
+  """Per output phase (r, t), the padding of dy for `_subpixel_input_grad`; None where the shapes
+  do not split into whole phases."""
+  k, s, p, h, wd = w_shape[0], stride, padding, dy_shape[1], dy_shape[2]
+  if s < 2 or k % s or input_hw[0] % s or input_hw[1] % s or w_shape[1] != k:
+    return None
+  m = k // s
+  hp, wp = input_hw[0] // s, input_hw[1] // s  # outputs per phase
+  pads = {}
+  for r in range(s):
+    lo_r = (s * (m - 1) + (r + p) % s - r - p) // s  # a - h at the first window position
+    for t in range(s):
+      lo_t = (s * (m - 1) + (t + p) % s - t - p) // s
+      pad = ((lo_r, hp + m - 1 - lo_r - h), (lo_t, wp + m - 1 - lo_t - wd))
+      if min(pad[0] + pad[1]) < 0:
+        return None
+      pads[r, t] = pad
+  return pads
 
 
 def _subpixel_input_grad(dy, w, stride, padding, input_hw):
@@ -168,43 +260,52 @@ def _subpixel_input_grad(dy, w, stride, padding, input_hw):
   kernel rows i = r + p (mod s), in reverse order: dx[s*a + r] sums dy[h] w[i] over
   s*h + i - p = s*a + r. None of these convolutions multiplies by the zeros an input-dilated
   convolution inserts, and, unlike the transpose of `_phase_forward`, none computes outputs that
-  the padding crops away (a quarter of the work at 8x8, more at 4x4). Returns None where the
-  shapes do not divide evenly.
+  the padding crops away (a quarter of the work at 8x8, more at 4x4). Only for shapes
+  `_subpixel_pads` splits.
   """
-  k, s, p, (n, h, wd, o), c = w.shape[0], stride, padding, dy.shape, w.shape[2]
-  if k % s or input_hw[0] % s or input_hw[1] % s or w.shape[1] != k:
-    return None
+  k, s, p, n, (c, o) = w.shape[0], stride, padding, dy.shape[0], w.shape[2:]
   m = k // s
-  hp, wp = input_hw[0] // s, input_hw[1] // s  # outputs per phase
+  pads = _subpixel_pads(dy.shape, w.shape, stride, padding, input_hw)
   # kernels[q, q'] holds rows i = m' * s + q, reversed in m', for every residue q: one transpose.
   kernels = w.reshape(m, s, m, s, c, o)[::-1, :, ::-1].transpose(1, 3, 0, 2, 5, 4)
-  phases = []
-  for r in range(s):
-    q_r = (r + p) % s
-    lo_r = (s * (m - 1) + q_r - r - p) // s  # a - h at the first window position
-    for t in range(s):
-      q_t = (t + p) % s
-      lo_t = (s * (m - 1) + q_t - t - p) // s
-      pad = ((lo_r, hp + m - 1 - lo_r - h), (lo_t, wp + m - 1 - lo_t - wd))
-      if min(pad[0] + pad[1]) < 0:
-        return None
-      phases.append(lax.conv_general_dilated(dy, kernels[q_r, q_t], (1, 1), pad,
-                                             dimension_numbers=_DIMENSIONS))
+  phases = [lax.conv_general_dilated(dy, kernels[(r + p) % s, (t + p) % s], (1, 1), pads[r, t],
+                                     dimension_numbers=_DIMENSIONS)
+            for r in range(s) for t in range(s)]
+  hp, wp = input_hw[0] // s, input_hw[1] // s
   dx = jnp.stack(phases, axis=3).reshape(n, hp, wp, s, s, c)
   return dx.transpose(0, 1, 3, 2, 4, 5).reshape(n, hp * s, wp * s, c)
 
 
-def _input_grad(dy, w, stride, padding, input_hw):
-  """Primal of `conv2d_input_grad`, by whichever formulation XLA:CPU runs fastest for the shape."""
-  if stride > 1 and w.shape[2] > 4:
-    dx = _subpixel_input_grad(dy, w, stride, padding, input_hw)
-    if dx is not None:
-      return dx
-  # an image's few channels (the output layer of a generator, the penalty's input gradient):
-  # per-phase convolutions with 1-4 output channels are slow there; one convolution on the
-  # space-to-depth layout is not.
+def input_grad_forms(dy, w, stride, padding, input_hw):
+  """The forms of `conv2d_input_grad`'s primal: ({form: fn(dy, w)}, the fixed table's)."""
   shape = (dy.shape[0], *input_hw, w.shape[2])
-  return _transpose_of(lambda x: _phase_forward(x, w, stride, padding), shape, dy.dtype, dy)
+  forms = {"lax": lambda dy, w: _transpose_of(
+      lambda x: _lax_forward(x, w, stride, padding), shape, dy.dtype, dy)}
+  whole = _whole_window(input_hw, w.shape[:2], padding)
+  phases = _phases_fit(shape, w.shape[:2], stride, padding)
+  subpixel = _subpixel_pads(dy.shape, w.shape, stride, padding, input_hw) is not None
+  if whole:
+    forms["matmul"] = lambda dy, w: (dy.reshape(dy.shape[0], -1) @ w.reshape(
+        -1, w.shape[-1]).T).reshape(shape)
+  if phases:
+    forms["phase"] = lambda dy, w: _transpose_of(
+        lambda x: _phase_forward(x, w, stride, padding), shape, dy.dtype, dy)
+  if subpixel:
+    forms["subpixel"] = lambda dy, w: _subpixel_input_grad(dy, w, stride, padding, input_hw)
+  # The fixed table: per-phase convolutions, except into an image's 1-4 channels (the output
+  # layer of a generator, the penalty's input gradient), where per-phase convolutions with few
+  # output channels were slow and one convolution on the space-to-depth layout was not.
+  fixed = "subpixel" if subpixel and w.shape[2] > 4 else (
+      "phase" if phases else ("matmul" if whole else "lax"))
+  return forms, fixed
+
+
+def _input_grad(dy, w, stride, padding, input_hw):
+  """Primal of `conv2d_input_grad`, in the form `conv_forms` chooses for the shape."""
+  forms, fixed = input_grad_forms(dy, w, stride, padding, input_hw)
+  form = conv_forms.choose("input_grad", forms, fixed, (dy, w),
+                           (stride, padding, tuple(input_hw)))
+  return forms[form](dy, w)
 
 
 def _transpose_of(fn, like_shape, dtype, cotangent):

@@ -10,6 +10,9 @@ jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests compile many small programs; XLA's heavy optimisations would dominate their time.
 jax.config.update("jax_disable_most_optimizations", True)
+# Convolution forms from the fixed table: no timing during tests, the same programs on every
+# machine (tests/test_conv_forms.py measures on purpose). Subprocesses inherit it.
+os.environ["JAXGEN_CONV_FORMS"] = "fixed"
 # The XLA:CPU setting the programs make (jaxgen.training.configure_jax), before the backend starts.
 from jaxgen import layers  # noqa: E402
 
