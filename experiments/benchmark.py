@@ -420,6 +420,11 @@ def main(argv):
     result = realnvp_case(FLAGS.batch, FLAGS.steps, FLAGS.warmup)
   else:
     result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
+  from jaxgen import conv_forms
+  if not (FLAGS.convs == "plain" and case.startswith(("wgan_gp", "dcgan"))):
+    # compile_s includes the first-use timing of convolution forms (once per machine and shape)
+    extra.update(conv_forms=conv_forms.mode(), forms_measured=conv_forms.measured["shapes"],
+                 forms_measured_s=round(conv_forms.measured["seconds"], 2))
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
                     "backend": jax.default_backend(), "devices": jax.device_count(),

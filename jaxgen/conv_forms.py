@@ -63,6 +63,8 @@ _chosen: Dict[str, str] = {}  # this process's choices: key -> form
 _forced: Dict[str, str] = {}  # map name -> form, from `forced`
 _file_entries: Optional[dict] = None  # the cache file's entries for this machine, once read
 _machine: Optional[str] = None
+# What measuring cost this process: shapes measured and seconds spent (compiling and timing).
+measured = {"shapes": 0, "seconds": 0.0}
 
 
 def mode() -> str:
@@ -209,7 +211,10 @@ def choose(name: str, candidates: Dict[str, Callable], fixed: str, operands: Seq
 
 def _measure(candidates: Dict[str, Callable], incumbent: str, operands: Sequence) -> dict:
   """The cache entry of a measured choice: the winner, the incumbent and every form's time."""
+  start = time.perf_counter()
   seconds = _time(candidates, operands)
+  measured["shapes"] += 1
+  measured["seconds"] += time.perf_counter() - start
   return {"form": pick(seconds, incumbent), "incumbent": incumbent,
           "ms": {form: round(t * 1e3, 4) for form, t in seconds.items()}}
 

@@ -1,5 +1,6 @@
 """The convolution forms jaxgen.layers chooses between, and how it chooses (jaxgen.conv_forms)."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -192,3 +193,29 @@ def test_the_probe_step_runs_in_a_fresh_process_with_the_flag_given():
   seconds = conv_forms._probe("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
                               ("16", "2", "4", "1"))
   assert seconds is not None and 0 < seconds < 5
+
+
+@pytest.mark.parametrize("use", [False, True])
+def test_configure_cpu_follows_the_measured_flag_answer(tmp_path, monkeypatch, use):
+  monkeypatch.setenv(conv_forms.CACHE_VARIABLE, str(tmp_path / "c.json"))
+  monkeypatch.setenv(conv_forms.MODE_VARIABLE, "measure")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nonexistent")
+  monkeypatch.setattr(conv_forms, "accelerator_expected", lambda: False)
+  monkeypatch.setattr(conv_forms, "_probe", lambda *a: pytest.fail("probed again"))
+  conv_forms._write(conv_forms._flag_machine(layers._CPU_FLAG), "choice",
+                    {"use": use, "probe_s": {"with": 1.0, "without": 1.0}})
+  if jax.__version__ != "0.10.2":
+    assert layers.configure_cpu() is False
+    return
+  assert layers.configure_cpu() is use
+  assert (layers._CPU_FLAG in os.environ["XLA_FLAGS"]) is use
+  monkeypatch.setenv(conv_forms.MODE_VARIABLE, "lax")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert layers.configure_cpu() is False
+
+
+def test_an_accelerator_is_recognised_without_starting_a_backend(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert conv_forms.accelerator_expected()
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert not conv_forms.accelerator_expected()
