@@ -146,6 +146,18 @@ def dcgan_networks(image_size: int, channels: int, discriminator_class: str):
   return generator, discriminator
 
 
+_cost = {}  # XLA's count of the timed step's floating-point operations, for the JSON line
+
+
+def compiled_gflop(compiled) -> float:
+  """XLA's cost analysis of a compiled program: its floating-point operations, in GFLOP (0 where
+  the backend gives none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0)) / 1e9
+
+
 def time_step(step, state, real, key, steps: int, warmup: int) -> tuple:
   """(last metrics, compile seconds, CpuRegion of `steps` steps) of a jitted step function."""
   import jax
@@ -153,6 +165,7 @@ def time_step(step, state, real, key, steps: int, warmup: int) -> tuple:
   t0 = time.perf_counter()
   step = step.lower(state, real, key).compile()
   compile_s = time.perf_counter() - t0
+  _cost["gflop_per_step"] = compiled_gflop(step)
   for _ in range(warmup):
     state, _ = step(state, real, key)
   jax.block_until_ready(state)
@@ -425,6 +438,9 @@ def main(argv):
     # compile_s includes the first-use timing of convolution forms (once per machine and shape)
     extra.update(conv_forms=conv_forms.mode(), forms_measured=conv_forms.measured["shapes"],
                  forms_measured_s=round(conv_forms.measured["seconds"], 2))
+  if _cost.get("gflop_per_step"):
+    extra["gflop_per_step"] = round(_cost["gflop_per_step"], 2)
+    extra["gflop_per_s"] = round(_cost["gflop_per_step"] / result["s_per_step"], 1)
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
                     "backend": jax.default_backend(), "devices": jax.device_count(),
