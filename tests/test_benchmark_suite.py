@@ -34,3 +34,11 @@ def test_the_suite_refuses_what_it_cannot_run_in_one_line(tmp_path):
   (skipped,) = benchmark.run_suite(["dcgan_mnist"], str(tmp_path), out=io.StringIO())
   assert skipped == {"case": "dcgan_mnist",
                      "skipped": "needs --data_dir with the dataset prepared"}
+
+
+def test_the_step_flop_count_is_xla_s_count_of_the_compiled_program():
+  import jax
+  import jax.numpy as jnp
+  a, b = jnp.ones((64, 96)), jnp.ones((96, 32))
+  compiled = jax.jit(lambda a, b: a @ b).lower(a, b).compile()
+  assert benchmark.compiled_gflop(compiled) == pytest.approx(2 * 64 * 96 * 32 / 1e9, rel=1e-6)
