@@ -11,6 +11,7 @@ size that training uses, so the training nodes need neither the raw files nor TF
 
 import argparse
 import os
+import sys
 
 from jaxgen import data, image_cache, tfds_prepare
 
@@ -28,9 +29,13 @@ def main(argv=None) -> None:
   cache = os.path.join(arguments.data_dir or tfds_prepare.default_data_dir(),
                        image_cache.CACHE_FOLDER)
   for name in arguments.datasets:
-    size = arguments.image_size or data.default_image_size(name)
-    images, labels, meta = image_cache.cached_images(name, image_size=size, split=arguments.split,
-                                                     data_dir=arguments.data_dir)
+    try:
+      size = arguments.image_size or data.default_image_size(name)
+      images, labels, meta = image_cache.cached_images(name, image_size=size,
+                                                       split=arguments.split,
+                                                       data_dir=arguments.data_dir)
+    except (ValueError, FileNotFoundError) as e:  # tfds_prepare.DatasetError is a ValueError
+      sys.exit(f"error: {e}")
     tfds_prepare.log(f"{name}: {meta['num_examples']} images of {tuple(images.shape[1:])}, "
                      f"{'with' if labels is not None else 'without'} labels, cached under {cache}")
 

@@ -492,7 +492,18 @@ def test_prepare_data_command_runs_as_a_program(tmp_path):
                          f"--data_dir={tmp_path}"], capture_output=True, text=True,
                         cwd=os.path.dirname(os.path.dirname(__file__)))
   assert done.returncode != 0 and "did you mean 'mnist'" in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr  # one line, no traceback
   assert not os.listdir(tmp_path)
+
+
+def test_prepare_data_command_without_network_or_raw_files_says_where_to_put_them(offline,
+                                                                                   tmp_path):
+  from experiments import prepare_data
+  with pytest.raises(SystemExit) as stop:
+    prepare_data.main(["mnist", f"--data_dir={tmp_path}"])
+  message = str(stop.value.code)
+  assert message.startswith("error: ") and "\n" not in message
+  assert os.path.join("downloads", "manual", "mnist") in message
 
 
 # ---------------------------------------------------------------------------------------------
