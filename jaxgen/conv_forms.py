@@ -116,7 +116,8 @@ def _read_file() -> dict:
   """This machine's entries of the cache file ({} when absent; a bad file warns once)."""
   global _file_entries
   if _file_entries is None:
-    _file_entries = _load(cache_path()).get(machine(), {})
+    entries = _load(cache_path()).get(machine())
+    _file_entries = entries if isinstance(entries, dict) else {}
   return _file_entries
 
 
@@ -146,7 +147,9 @@ def _write(machine_key: str, key: str, entry: dict) -> None:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # a bad file already warned when read
       machines = _load(path)
-    machines.setdefault(machine_key, {})[key] = entry
+    if not isinstance(machines.get(machine_key), dict):
+      machines[machine_key] = {}
+    machines[machine_key][key] = entry
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".conv_forms.")
     with os.fdopen(fd, "w") as f:
       json.dump({"format": CACHE_FORMAT, "machines": machines}, f, indent=1, sort_keys=True)
@@ -278,7 +281,8 @@ def flag_choice(flag: str, probe_args: Sequence[str] = ()) -> bool:
   key = _flag_machine(flag)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # a bad file warns when the forms read it
-    entry = _load(cache_path()).get(key, {}).get("choice")
+    entries = _load(cache_path()).get(key)
+    entry = entries.get("choice") if isinstance(entries, dict) else None
   if isinstance(entry, dict) and isinstance(entry.get("use"), bool):
     return entry["use"]
   print(f"jaxgen: timing a probe step with and without {flag} in two processes, once for this "
