@@ -62,6 +62,7 @@ _lock = threading.RLock()
 _chosen: Dict[str, str] = {}  # this process's choices: key -> form
 _forced: Dict[str, str] = {}  # map name -> form, from `forced`
 _file_entries: Optional[dict] = None  # the cache file's entries for this machine, once read
+_announced: list = []  # non-empty once this process said that it measures
 _machine: Optional[str] = None
 # What measuring cost this process: shapes measured and seconds spent (compiling and timing).
 measured = {"shapes": 0, "seconds": 0.0}
@@ -178,6 +179,7 @@ def reset() -> None:
   global _file_entries, _machine
   with _lock:
     _chosen.clear()
+    _announced.clear()
     _file_entries = None
     _machine = None
 
@@ -204,6 +206,11 @@ def choose(name: str, candidates: Dict[str, Callable], fixed: str, operands: Seq
     if form is None:
       entry = _read_file().get(key)
       if not (isinstance(entry, dict) and entry.get("form") in candidates):
+        if not _announced:
+          _announced.append(True)
+          print(f"jaxgen: timing convolution forms for layer shapes new to this machine (once; "
+                f"kept in {cache_path()}; {MODE_VARIABLE}=fixed skips it)", file=sys.stderr,
+                flush=True)
         entry = _measure(candidates, incumbent, operands)
         _read_file()[key] = entry
         _write(machine(), key, entry)

@@ -87,9 +87,11 @@ def _grads(x, w):
   return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(layers.conv2d(x, w, 2, 1))), (0, 1)))(x, w)
 
 
-def test_measured_choices_are_timed_cached_and_reused(measuring, monkeypatch):
+def test_measured_choices_are_timed_cached_and_reused(measuring, monkeypatch, capsys):
   x, w = _inputs(8, 3, 5, 4)
   measured = _grads(x, w)
+  said = capsys.readouterr().err
+  assert said.count("jaxgen: timing convolution forms") == 1 and str(measuring) in said
   machines = json.loads(measuring.read_text())["machines"]
   entries = machines[conv_forms.machine()]
   assert sorted(key.split()[0] for key in entries) == ["forward", "input_grad", "weight_grad"]
