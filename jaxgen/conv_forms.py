@@ -11,7 +11,8 @@ device kind, CPU model and core count, jax version, the XLA:CPU convolution flag
 the way GPU libraries autotune convolutions. Later traces, in this process or any other on the same
 machine, read the choice from the file.
 
-Settings (environment variables, read when a map is first traced):
+Settings (environment variables, read when a map is first traced, and by
+`layers.configure_cpu` for the XLA:CPU flag, whose choice `flag_choice` measures):
   JAXGEN_CONV_FORMS  measure  the default: measured choice, cached
                      fixed    the forms chosen once on the project's 2-core AVX2 machines (the
                               table in `jaxgen.layers`): a whole-window kernel as a matrix product,
