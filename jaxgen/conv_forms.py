@@ -102,15 +102,19 @@ def cpu_has_avx512() -> bool:
     return False
 
 
+def _host() -> str:
+  """The CPU, its core count and the jax version, as the cache file's keys name them."""
+  return (f"{cpu_model()}{' avx512' if cpu_has_avx512() else ''}/{os.cpu_count()} cpus/"
+          f"jax {jax.__version__}")
+
+
 def machine() -> str:
   """What a measured choice is valid for: backend, device, CPU, cores, jax, XLA:CPU flag."""
   global _machine
   if _machine is None:
     device = jax.devices()[0]
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn" in f)
-    _machine = (f"{device.platform}/{device.device_kind}/{cpu_model()}"
-                f"{' avx512' if cpu_has_avx512() else ''}/{os.cpu_count()} cpus/"
-                f"jax {jax.__version__}/{flags or 'no ynn flag'}")
+    _machine = f"{device.platform}/{device.device_kind}/{_host()}/{flags or 'no ynn flag'}"
   return _machine
 
 
@@ -266,8 +270,7 @@ def _time(candidates: Dict[str, Callable], operands: Sequence) -> Dict[str, floa
 
 
 def _flag_machine(flag: str) -> str:
-  return f"cpu/{cpu_model()}{' avx512' if cpu_has_avx512() else ''}/{os.cpu_count()} cpus/" \
-         f"jax {jax.__version__}/choice of {flag}"
+  return f"cpu/{_host()}/choice of {flag}"
 
 
 def accelerator_expected() -> bool:

@@ -183,10 +183,17 @@ def forward_forms(x, w, stride, padding):
   return forms, "matmul" if whole else "lax"
 
 
+def _in_chosen_form(name, forms_and_fixed, operands, params):
+  """Map `name` applied to `operands` in the form `conv_forms` chooses among `forms_and_fixed`
+  (what `forward_forms`, `input_grad_forms` or `weight_grad_forms` return)."""
+  forms, fixed = forms_and_fixed
+  return forms[conv_forms.choose(name, forms, fixed, operands, params)](*operands)
+
+
 def _forward(x, w, stride, padding):
   """Primal of `conv2d`, in the form `conv_forms` chooses for the shape."""
-  forms, fixed = forward_forms(x, w, stride, padding)
-  return forms[conv_forms.choose("forward", forms, fixed, (x, w), (stride, padding))](x, w)
+  return _in_chosen_form("forward", forward_forms(x, w, stride, padding), (x, w),
+                         (stride, padding))
 
 
 def weight_grad_forms(x, dy, stride, padding, kernel_hw):
@@ -206,9 +213,8 @@ def weight_grad_forms(x, dy, stride, padding, kernel_hw):
     forms["phase_patches"] = lambda x, dy: _phase_patches_weight_grad(
         x, dy, stride, padding, kernel_hw)
   if not whole and _patches_fit(x.shape, kernel_hw, stride, padding):
-    forms["patches"] = lambda x, dy: lax.dot_general(
-        _patches(x, kernel_hw, stride, padding, dy.shape[1:3]), dy,
-        (((0, 1, 2), (0, 1, 2)), ((), ()))).reshape(shape)
+    forms["patches"] = lambda x, dy: _patch_product(
+        _patches(x, kernel_hw, stride, padding, dy.shape[1:3]), dy).reshape(shape)
   # The fixed table: over an image's few channels the window-dilated convolution XLA emits ran
   # at a fraction of the speed of one matrix product over im2col patches (2 AVX2 cores, README);
   # with more input channels XLA's was faster than building and transposing the patches.
@@ -219,17 +225,19 @@ def weight_grad_forms(x, dy, stride, padding, kernel_hw):
 
 def _weight_grad(x, dy, stride, padding, kernel_hw):
   """Primal of `conv2d_weight_grad`, in the form `conv_forms` chooses for the shape."""
-  forms, fixed = weight_grad_forms(x, dy, stride, padding, kernel_hw)
-  form = conv_forms.choose("weight_grad", forms, fixed, (x, dy),
-                           (stride, padding, tuple(kernel_hw)))
-  return forms[form](x, dy)
+  return _in_chosen_form("weight_grad", weight_grad_forms(x, dy, stride, padding, kernel_hw),
+                         (x, dy), (stride, padding, tuple(kernel_hw)))
+
+
+def _patch_product(p, dy):
+  """Sum over examples and output positions of im2col patches `p` times `dy`: (features, O)."""
+  return lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
 
 
 def _phase_patches_weight_grad(x, dy, stride, padding, kernel_hw):
   k = kernel_hw[0]
   xs = _space_to_depth(_pad(x, padding), stride)
-  p = _patches(xs, (k // stride, k // stride), 1, 0, dy.shape[1:3])
-  dw = lax.dot_general(p, dy, (((0, 1, 2), (0, 1, 2)), ((), ())))
+  dw = _patch_product(_patches(xs, (k // stride, k // stride), 1, 0, dy.shape[1:3]), dy)
   return _unphase_kernel(dw.reshape(k // stride, k // stride, -1, dy.shape[-1]), stride)
 
 
@@ -302,10 +310,8 @@ def input_grad_forms(dy, w, stride, padding, input_hw):
 
 def _input_grad(dy, w, stride, padding, input_hw):
   """Primal of `conv2d_input_grad`, in the form `conv_forms` chooses for the shape."""
-  forms, fixed = input_grad_forms(dy, w, stride, padding, input_hw)
-  form = conv_forms.choose("input_grad", forms, fixed, (dy, w),
-                           (stride, padding, tuple(input_hw)))
-  return forms[form](dy, w)
+  return _in_chosen_form("input_grad", input_grad_forms(dy, w, stride, padding, input_hw),
+                         (dy, w), (stride, padding, tuple(input_hw)))
 
 
 def _transpose_of(fn, like_shape, dtype, cotangent):
