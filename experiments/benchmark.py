@@ -146,9 +146,6 @@ def dcgan_networks(image_size: int, channels: int, discriminator_class: str):
   return generator, discriminator
 
 
-_cost = {}  # XLA's count of the timed step's floating-point operations, for the JSON line
-
-
 def compiled_gflop(compiled) -> float:
   """XLA's cost analysis of a compiled program: its floating-point operations, in GFLOP (0 where
   the backend gives none)."""
@@ -158,14 +155,16 @@ def compiled_gflop(compiled) -> float:
   return float((cost or {}).get("flops", 0.0)) / 1e9
 
 
-def time_step(step, state, real, key, steps: int, warmup: int) -> tuple:
-  """(last metrics, compile seconds, CpuRegion of `steps` steps) of a jitted step function."""
+def time_step(step, state, real, key, steps: int, warmup: int, images_per_step: int) -> tuple:
+  """(last metrics, timing) of `steps` steps of a jitted step function: the timing fields of the
+  JSON line (images/s, s/step, compile seconds, foreign CPU seconds, XLA's GFLOP per step and the
+  rate they ran at)."""
   import jax
 
   t0 = time.perf_counter()
   step = step.lower(state, real, key).compile()
   compile_s = time.perf_counter() - t0
-  _cost["gflop_per_step"] = compiled_gflop(step)
+  gflop = compiled_gflop(step)
   for _ in range(warmup):
     state, _ = step(state, real, key)
   jax.block_until_ready(state)
@@ -173,7 +172,12 @@ def time_step(step, state, real, key, steps: int, warmup: int) -> tuple:
     for _ in range(steps):
       state, metrics = step(state, real, key)
     jax.block_until_ready(metrics)
-  return metrics, compile_s, region
+  timing = {"images_per_s": images_per_step * steps / region.wall,
+            "s_per_step": region.wall / steps, "compile_s": compile_s,
+            "foreign_cpu_s": region.foreign}
+  if gflop:
+    timing.update(gflop_per_step=gflop, gflop_per_s=gflop * steps / region.wall)
+  return metrics, timing
 
 
 def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
@@ -190,11 +194,9 @@ def wgan_gp_case(image_size: int, channels: int, batch: int, steps: int, warmup:
                                                     channels), minval=-1.0, maxval=1.0)
   step = jax.jit(functools.partial(wgan_gp.train_step, generator=generator, critic=critic,
                                    optimizer=optimizer, gp_weight=10.0), donate_argnums=0)
-  metrics, compile_s, region = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup)
-  return {"images_per_s": n_critic * batch * steps / region.wall,
-          "s_per_step": region.wall / steps, "compile_s": compile_s,
-          "foreign_cpu_s": region.foreign,
-          "critic_loss": float(metrics["critic_loss"])}
+  metrics, timing = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup,
+                              images_per_step=n_critic * batch)
+  return {**timing, "critic_loss": float(metrics["critic_loss"])}
 
 
 def dcgan_case(image_size: int, channels: int, batch: int, steps: int, warmup: int) -> dict:
@@ -213,20 +215,17 @@ def dcgan_case(image_size: int, channels: int, batch: int, steps: int, warmup: i
                                    discriminator=discriminator, g_optimizer=optimizer,
                                    d_optimizer=optimizer, loss="non_saturating"),
                  donate_argnums=0)
-  metrics, compile_s, region = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup)
-  return {"images_per_s": batch * steps / region.wall,
-          "s_per_step": region.wall / steps, "compile_s": compile_s,
-          "foreign_cpu_s": region.foreign, "d_loss": float(metrics["d_loss"])}
+  metrics, timing = time_step(step, state, real, jax.random.PRNGKey(2), steps, warmup,
+                              images_per_step=batch)
+  return {**timing, "d_loss": float(metrics["d_loss"])}
 
 
 def single_update_case(step, state, real, steps: int, warmup: int, loss: str) -> dict:
   """Timing of a one-batch-per-update step (VAE, RealNVP) on `real` already on the device."""
   import jax
-  metrics, compile_s, region = time_step(jax.jit(step, donate_argnums=0), state, real,
-                                         jax.random.PRNGKey(2), steps, warmup)
-  batch = real.shape[0]
-  return {"images_per_s": batch * steps / region.wall, "s_per_step": region.wall / steps,
-          "compile_s": compile_s, "foreign_cpu_s": region.foreign, loss: float(metrics[loss])}
+  metrics, timing = time_step(jax.jit(step, donate_argnums=0), state, real,
+                              jax.random.PRNGKey(2), steps, warmup, images_per_step=real.shape[0])
+  return {**timing, loss: float(metrics[loss])}
 
 
 def vae_case(architecture: str, batch: int, steps: int, warmup: int) -> dict:
@@ -410,7 +409,8 @@ def main(argv):
 
   case = FLAGS.case
   extra = {}
-  if case.startswith(("wgan_gp", "dcgan")):
+  gan_case = case.startswith(("wgan_gp", "dcgan"))  # the cases --convs and --precision apply to
+  if gan_case:
     extra = {"width": FLAGS.width, "latent": FLAGS.latent, "convs": FLAGS.convs,
              "precision": FLAGS.precision}
   if case.startswith("loader_"):
@@ -434,13 +434,10 @@ def main(argv):
   else:
     result = blobs_case(FLAGS.batch, FLAGS.steps, FLAGS.num_blobs)
   from jaxgen import conv_forms
-  if not (FLAGS.convs == "plain" and case.startswith(("wgan_gp", "dcgan"))):
+  if not (FLAGS.convs == "plain" and gan_case):
     # compile_s includes the first-use timing of convolution forms (once per machine and shape)
     extra.update(conv_forms=conv_forms.mode(), forms_measured=conv_forms.measured["shapes"],
                  forms_measured_s=round(conv_forms.measured["seconds"], 2))
-  if _cost.get("gflop_per_step"):
-    extra["gflop_per_step"] = round(_cost["gflop_per_step"], 2)
-    extra["gflop_per_s"] = round(_cost["gflop_per_step"] / result["s_per_step"], 1)
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
                     "backend": jax.default_backend(), "devices": jax.device_count(),
