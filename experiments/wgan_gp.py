@@ -49,7 +49,8 @@ class Config(gan_training.ConvSettings):
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "batch_size": 32 if blobs else 64,
             "learning_rate": 1e-3 if blobs else 1e-4,
-            "upsampling": "resize" if blobs else "transpose"}
+            "upsampling": "resize" if blobs else "transpose",
+            "mapping": "2x256" if blobs else "none"}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=True)

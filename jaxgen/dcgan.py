@@ -1,8 +1,16 @@
 """DCGAN-style networks (Radford, Metz & Chintala 2015), used by DCGAN and the Wasserstein GANs.
 
-Generator: z -> ConvT(k4 s1 p0) to 4x4, then ConvT(k4 s2 p1) layers that double the size and
+Generator: z -> ConvT(k4 s1 p0) to 4x4 (optionally after a mapping MLP, see below), then ConvT(k4 s2 p1) layers that double the size and
 halve the width, each followed by BatchNorm and ReLU, and a last ConvT(k4 s2 p1) to the image
 channels with tanh. At 64x64x3 and width 64 that is z->512->256->128->64->3.
+
+A mapping MLP (`mapping_layers` Dense-LeakyReLU(0.2) layers of `mapping_width` units between z and
+the first layer, as StyleGAN's mapping network; 0 layers is DCGAN's generator) lets the generator
+decide where its objects go before it draws them: without one, the 4x4 map is one linear function
+of z per cell, so "a blob in cell c" holds on a half-space of latents per cell, and half-spaces
+cannot partition the latent space; latents where two or no cells switch on draw two blobs or
+none. On the one-blob images two layers of 256 took WGAN-GP from 57% to 87% of samples with
+exactly one blob (README: the blob study).
 
 Critic: Conv(k4 s2 p1) layers with LeakyReLU(0.2) that halve the size and double the width
 (64->128->256->512 at 64x64), then Conv(k4 s1 p0) from 4x4 to one score. No BatchNorm (the
@@ -81,6 +89,10 @@ class Generator(nn.Module):
   # CoordConv (Liu et al. 2018): two channels of pixel coordinates in [-1, 1] added to the input
   # of every stride-2 layer, so that where a pixel is can be computed, not only what is near it.
   coordinates: bool = False
+  # Dense-LeakyReLU(0.2) layers between z and the first layer (flax's default LeCun-normal
+  # initialisation): 0 is DCGAN's generator.
+  mapping_layers: int = 0
+  mapping_width: int = 256
   conv_transpose: Any = ConvTranspose
   upsample_conv: Any = UpsampleConv
 
@@ -90,6 +102,9 @@ class Generator(nn.Module):
     if self.upsampling not in UPSAMPLINGS:
       raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got "
                        f"{self.upsampling!r}")
+    for j in range(self.mapping_layers):
+      z = nn.leaky_relu(nn.Dense(self.mapping_width, dtype=self.dtype, name=f"Mapping_{j}")(z),
+                        0.2)
     x = z.reshape(z.shape[0], 1, 1, z.shape[-1])
     for i in range(n + 1):
       features = self.width * 2 ** (n - 1 - i) if i < n else self.channels

@@ -64,11 +64,15 @@ class ConvSettings(training.Settings):
                                 "k4 s2 transposed convolutions) | resize (nearest-neighbour "
                                 "upsampling then a 3x3 convolution); empty picks transpose "
                                 "(WGAN-GP: resize for the blobs, README: the blob study)")
+  mapping: str = setting("", "the generator's mapping MLP between z and its first layer: LxW "
+                             "(L Dense-LeakyReLU layers of W units, e.g. 2x256) | none (DCGAN's "
+                             "generator); empty picks none (WGAN-GP: 2x256 for the blobs, "
+                             "README: the blob study)")
   coordinates: bool = setting(False, "CoordConv (Liu et al. 2018): give every stride-2 layer of "
                                      "the generator two channels of pixel coordinates")
 
   AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
-  BEFORE = {**training.Settings.BEFORE, "upsampling": "transpose"}
+  BEFORE = {**training.Settings.BEFORE, "upsampling": "transpose", "mapping": "none"}
 
   def __post_init__(self):
     super().__post_init__()
@@ -78,13 +82,30 @@ class ConvSettings(training.Settings):
     if self.upsampling not in ("",) + UPSAMPLINGS:
       raise ValueError(f"--upsampling must be one of {', '.join(UPSAMPLINGS)} (or empty for the "
                        f"dataset's default), got {self.upsampling!r}")
+    if self.mapping:
+      self.mapping_shape  # a one-line error for a bad --mapping
+
+  @property
+  def mapping_shape(self) -> tuple:
+    """(layers, width) of the generator's mapping MLP; (0, 0) for none (resolved first)."""
+    mapping = self.mapping or self.resolved().mapping
+    if mapping == "none":
+      return 0, 0
+    try:
+      layers, width = (int(v) for v in mapping.split("x"))
+    except ValueError:
+      layers = width = 0
+    if layers < 1 or width < 1:
+      raise ValueError(f"--mapping must be none or LxW with positive layers L and width W (e.g. "
+                       f"2x256), or empty for the dataset's default; got {mapping!r}")
+    return layers, width
 
   def automatic(self) -> dict:
     """DCGAN's width 64, latent 100 and transposed convolutions, or 32 channels and a latent of
     32 (one blob) or 64 (ten blobs) for the blob images."""
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "width": 32 if blobs else 64, "upsampling": "transpose",
-            "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
+            "mapping": "none", "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
 def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
@@ -94,12 +115,14 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
   from jaxgen.layers import PRECISIONS
 
   dtype = PRECISIONS[config.precision]
+  layers, width = config.mapping_shape
   # An unresolved "" takes the automatic value (a run saved before the setting existed is
   # resolved with Settings.BEFORE: DCGAN's transposed convolutions).
   generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
                               axis_name=axis_name, dtype=dtype,
                               upsampling=config.upsampling or config.resolved().upsampling,
-                              coordinates=config.coordinates)
+                              coordinates=config.coordinates,
+                              mapping_layers=layers, mapping_width=width or 256)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \

@@ -259,6 +259,33 @@ def test_upsampling_is_resize_for_the_blobs_and_a_run_from_before_it_keeps_trans
   assert step == 2 and images.shape == (4, 8, 8, 1)
 
 
+def test_the_mapping_mlp_is_on_for_the_blobs_and_a_run_from_before_it_has_none(tmp_path):
+  assert setup(wgan_gp.Config(workdir=str(tmp_path / "new")))[0].mapping == "2x256"
+  assert wgan_gp.Config(dataset="celeba").resolved().mapping == "none"
+  assert wgan_gp.Config(mapping="3x64").mapping_shape == (3, 64)
+  for bad in ("2", "0x256", "2x", "mlp"):
+    with pytest.raises(ValueError, match="--mapping must be none or LxW"):
+      wgan_gp.Config(mapping=bad)
+  # A run written before the setting existed: no "mapping" in config.json, no mapping layers in
+  # its checkpoint. It resumes, and samples, without them.
+  config = tiny(tmp_path / "old", steps=1, mapping="none")
+  wgan_gp.train(config)
+  path = os.path.join(config.workdir, "config.json")
+  saved = json.load(open(path))
+  del saved["mapping"]
+  json.dump(saved, open(path, "w"))
+  resumed = dataclasses.replace(config, steps=2, mapping="")
+  assert setup(resumed)[0].mapping == "none"
+  wgan_gp.train(resumed)
+  with pytest.raises(ValueError, match="holds a run with mapping='none', not '2x256'"):
+    setup(dataclasses.replace(config, mapping="2x256"))
+  saved = json.load(open(path))
+  del saved["mapping"]
+  json.dump(saved, open(path, "w"))
+  images, _, step = sample.draw_samples(config.workdir, 4)
+  assert step == 2 and images.shape == (4, 8, 8, 1)
+
+
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
   config = tiny(tmp_path / "run", steps=2)
   wgan_gp.train(config)

@@ -56,6 +56,30 @@ def test_blob_variants_of_the_networks_have_the_expected_layers():
   assert d_vars["params"]["Dense_0"]["kernel"].shape == (16, 1)
 
 
+def test_the_mapping_mlp_feeds_dcgans_generator():
+  """A generator with a mapping MLP is DCGAN's generator (of latent size W) applied to
+  leaky_relu(W2 leaky_relu(W1 z + b1) + b2): two computations that must agree."""
+  g = dcgan.Generator(16, 1, 4, 6, mapping_layers=2, mapping_width=10)
+  z = jax.random.normal(jax.random.PRNGKey(2), (5, 6))
+  variables = g.init(jax.random.PRNGKey(0), z, train=False)
+  params = variables["params"]
+  assert params["Mapping_0"]["kernel"].shape == (6, 10)
+  assert params["Mapping_1"]["kernel"].shape == (10, 10)
+  assert params["ConvTranspose_0"]["kernel"].shape[-1] == 10  # (k, k, out, in)
+  h = z
+  for j in range(2):
+    layer = params[f"Mapping_{j}"]
+    h = h @ layer["kernel"] + layer["bias"][None]
+    h = jnp.where(h > 0, h, 0.2 * h)
+  plain = dcgan.Generator(16, 1, 4, 10)
+  rest = {k: v for k, v in params.items() if not k.startswith("Mapping")}
+  expected = plain.apply({"params": rest, "batch_stats": variables["batch_stats"]}, h,
+                         train=False)
+  np.testing.assert_allclose(g.apply(variables, z, train=False), expected, atol=1e-6)
+  assert not any(k.startswith("Mapping") for k in
+                 dcgan.Generator(16, 1, 4, 6).init(jax.random.PRNGKey(0), z, train=False)["params"])
+
+
 def test_coordinates_are_the_pixel_centres():
   x = dcgan.with_coordinates(jnp.zeros((2, 4, 2, 3)))
   chex.assert_shape(x, (2, 4, 2, 5))
