@@ -1,8 +1,9 @@
 """DCGAN-style networks (Radford, Metz & Chintala 2015), used by DCGAN and the Wasserstein GANs.
 
-Generator: z -> ConvT(k4 s1 p0) to 4x4 (optionally after a mapping MLP, see below), then ConvT(k4 s2 p1) layers that double the size and
-halve the width, each followed by BatchNorm and ReLU, and a last ConvT(k4 s2 p1) to the image
-channels with tanh. At 64x64x3 and width 64 that is z->512->256->128->64->3.
+Generator: z -> ConvT(k4 s1 p0) to 4x4 (optionally after a mapping MLP, see below), then
+ConvT(k4 s2 p1) layers that double the size and halve the width, each followed by BatchNorm and
+ReLU, and a last ConvT(k4 s2 p1) to the image channels with tanh. At 64x64x3 and width 64 that
+is z->512->256->128->64->3.
 
 A mapping MLP (`mapping_layers` Dense-LeakyReLU(0.2) layers of `mapping_width` units between z and
 the first layer, as StyleGAN's mapping network; 0 layers is DCGAN's generator) lets the generator

@@ -122,7 +122,7 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
                               axis_name=axis_name, dtype=dtype,
                               upsampling=config.upsampling or config.resolved().upsampling,
                               coordinates=config.coordinates,
-                              mapping_layers=layers, mapping_width=width or 256)
+                              mapping_layers=layers, mapping_width=width)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \

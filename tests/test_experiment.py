@@ -240,21 +240,29 @@ def test_upsampling_is_resize_for_the_blobs_and_a_run_from_before_it_keeps_trans
     wgan_gp.Config(upsampling="bilinear")
   # A run written before the setting existed: its config.json has no "upsampling", and its
   # checkpoint holds transposed-convolution kernels (4x4), not resize ones (3x3).
-  config = tiny(tmp_path / "old", steps=1, upsampling="transpose")
+  _a_run_from_before_the_setting_keeps(tmp_path, "upsampling", "transpose", "resize")
+
+
+def _a_run_from_before_the_setting_keeps(tmp_path, name: str, old: str, new: str):
+  """A run trained with `name`=`old`, its config.json then stripped of `name` (as written before
+  the setting existed), resumes and samples with `old`, and refuses `new`."""
+  config = tiny(tmp_path / "old", steps=1, **{name: old})
   wgan_gp.train(config)
   path = os.path.join(config.workdir, "config.json")
-  saved = json.load(open(path))
-  del saved["upsampling"]
-  json.dump(saved, open(path, "w"))
-  resumed = dataclasses.replace(config, steps=2, upsampling="")
-  assert setup(resumed)[0].upsampling == "transpose"
+
+  def forget():
+    saved = json.load(open(path))
+    del saved[name]
+    json.dump(saved, open(path, "w"))
+
+  forget()
+  resumed = dataclasses.replace(config, steps=2, **{name: ""})
+  assert getattr(setup(resumed)[0], name) == old
   wgan_gp.train(resumed)
-  assert json.load(open(path))["upsampling"] == "transpose"
-  with pytest.raises(ValueError, match="holds a run with upsampling='transpose', not 'resize'"):
-    setup(dataclasses.replace(config, upsampling="resize"))
-  saved = json.load(open(path))
-  del saved["upsampling"]
-  json.dump(saved, open(path, "w"))  # sampled from as it was: no setting, 4x4 kernels
+  assert json.load(open(path))[name] == old
+  with pytest.raises(ValueError, match=f"holds a run with {name}='{old}', not '{new}'"):
+    setup(dataclasses.replace(config, **{name: new}))
+  forget()  # sampled from as it was: no setting, the old layers
   images, _, step = sample.draw_samples(config.workdir, 4)
   assert step == 2 and images.shape == (4, 8, 8, 1)
 
@@ -267,23 +275,8 @@ def test_the_mapping_mlp_is_on_for_the_blobs_and_a_run_from_before_it_has_none(t
     with pytest.raises(ValueError, match="--mapping must be none or LxW"):
       wgan_gp.Config(mapping=bad)
   # A run written before the setting existed: no "mapping" in config.json, no mapping layers in
-  # its checkpoint. It resumes, and samples, without them.
-  config = tiny(tmp_path / "old", steps=1, mapping="none")
-  wgan_gp.train(config)
-  path = os.path.join(config.workdir, "config.json")
-  saved = json.load(open(path))
-  del saved["mapping"]
-  json.dump(saved, open(path, "w"))
-  resumed = dataclasses.replace(config, steps=2, mapping="")
-  assert setup(resumed)[0].mapping == "none"
-  wgan_gp.train(resumed)
-  with pytest.raises(ValueError, match="holds a run with mapping='none', not '2x256'"):
-    setup(dataclasses.replace(config, mapping="2x256"))
-  saved = json.load(open(path))
-  del saved["mapping"]
-  json.dump(saved, open(path, "w"))
-  images, _, step = sample.draw_samples(config.workdir, 4)
-  assert step == 2 and images.shape == (4, 8, 8, 1)
+  # its checkpoint.
+  _a_run_from_before_the_setting_keeps(tmp_path, "mapping", "none", "2x256")
 
 
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
