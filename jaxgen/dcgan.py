@@ -39,6 +39,7 @@ import optax
 from jaxgen.layers import Conv, ConvTranspose, UpsampleConv
 
 UPSAMPLINGS = ("transpose", "resize")
+NORMS = ("batch", "instance")
 
 dcgan_init = nn.initializers.normal(0.02)
 
@@ -94,6 +95,10 @@ class Generator(nn.Module):
   # initialisation): 0 is DCGAN's generator.
   mapping_layers: int = 0
   mapping_width: int = 256
+  # What normalises each hidden layer: "batch" (DCGAN's BatchNorm, statistics over the batch) or
+  # "instance" (each image's own statistics per channel, as StyleGAN's AdaIN; no running
+  # averages): an image cannot then be drawn faint or empty by scaling its activations down.
+  norm: str = "batch"
   conv_transpose: Any = ConvTranspose
   upsample_conv: Any = UpsampleConv
 
@@ -103,6 +108,8 @@ class Generator(nn.Module):
     if self.upsampling not in UPSAMPLINGS:
       raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got "
                        f"{self.upsampling!r}")
+    if self.norm not in NORMS:
+      raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
     for j in range(self.mapping_layers):
       z = nn.leaky_relu(nn.Dense(self.mapping_width, dtype=self.dtype, name=f"Mapping_{j}")(z),
                         0.2)
@@ -123,7 +130,9 @@ class Generator(nn.Module):
         x = with_coordinates(x)
       x = layer(x)
       if i < n:
-        x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
+        norm = batch_norm(train, self.axis_name, self.dtype) if self.norm == "batch" else \
+            nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype)
+        x = nn.relu(norm(x))
     return jnp.tanh(x.astype(jnp.float32))
 
 

@@ -279,6 +279,15 @@ def test_the_mapping_mlp_is_on_for_the_blobs_and_a_run_from_before_it_has_none(t
   _a_run_from_before_the_setting_keeps(tmp_path, "mapping", "none", "2x256")
 
 
+def test_the_generator_norm_setting_and_a_run_from_before_it(tmp_path):
+  assert wgan_gp.Config(dataset="celeba").resolved().generator_norm == "batch"
+  with pytest.raises(ValueError, match="--generator_norm must be one of batch, instance"):
+    wgan_gp.Config(generator_norm="layer")
+  # A run written before the setting existed: no "generator_norm" in config.json, BatchNorm
+  # statistics in its checkpoint.
+  _a_run_from_before_the_setting_keeps(tmp_path, "generator_norm", "batch", "instance")
+
+
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
   config = tiny(tmp_path / "run", steps=2)
   wgan_gp.train(config)

@@ -80,6 +80,28 @@ def test_the_mapping_mlp_feeds_dcgans_generator():
   assert not any(k.startswith("Mapping") for k in plain_params)
 
 
+def test_an_instance_normalised_generator_ignores_the_latent_scale_and_the_batch():
+  """With instance normalisation and no mapping (a bias-free first layer), G(c z) = G(z) for any
+  c > 0: an image cannot be drawn fainter by scaling its activations down. BatchNorm's running
+  averages (the control) do not cancel the scale. Nor does an image depend on its batch."""
+  z = jax.random.normal(jax.random.PRNGKey(3), (4, 6))
+  g = dcgan.Generator(16, 1, 4, 6, norm="instance")
+  variables = g.init(jax.random.PRNGKey(0), z, train=False)
+  assert "batch_stats" not in variables  # nothing to average over training
+  # Kernels of order 1, not DCGAN's 0.02, so that epsilon is negligible beside the variances.
+  variables = jax.tree.map(lambda p: p * 40.0 if p.ndim == 4 else p, variables)
+  images = g.apply(variables, z, train=False)
+  np.testing.assert_allclose(g.apply(variables, 3.0 * z, train=False), images, atol=1e-5)
+  np.testing.assert_allclose(g.apply(variables, z[:1], train=True), images[:1], atol=1e-6)
+  control = dcgan.Generator(16, 1, 4, 6)
+  c_vars = jax.tree.map(lambda p: p * 40.0 if p.ndim == 4 else p,
+                        control.init(jax.random.PRNGKey(0), z, train=False))
+  c_images = control.apply(c_vars, z, train=False)
+  assert float(jnp.abs(control.apply(c_vars, 3.0 * z, train=False) - c_images).max()) > 1e-2
+  with pytest.raises(ValueError, match="norm must be one of batch, instance, got 'layer'"):
+    dcgan.Generator(16, 1, 4, 6, norm="layer").init(jax.random.PRNGKey(0), z, train=False)
+
+
 def test_coordinates_are_the_pixel_centres():
   x = dcgan.with_coordinates(jnp.zeros((2, 4, 2, 3)))
   chex.assert_shape(x, (2, 4, 2, 5))
