@@ -40,6 +40,7 @@ from jaxgen.layers import Conv, ConvTranspose, UpsampleConv
 
 UPSAMPLINGS = ("transpose", "resize")
 NORMS = ("batch", "instance")
+LATENTS = ("normal", "uniform")
 
 dcgan_init = nn.initializers.normal(0.02)
 
@@ -99,6 +100,11 @@ class Generator(nn.Module):
   # "instance" (each image's own statistics per channel, as StyleGAN's AdaIN; no running
   # averages): an image cannot then be drawn faint or empty by scaling its activations down.
   norm: str = "batch"
+  # The prior the network sees: "normal" (z as drawn, N(0, I)) or "uniform" (DCGAN's and the
+  # original GAN's U(-1, 1)^d, made from the same normal draws by the normal CDF, 2 Phi(z) - 1,
+  # so every sampler and latent grid keeps drawing normals). A bounded latent lets a piecewise-
+  # linear network cover a bounded set of images (blob positions in a square) without folding.
+  latent: str = "normal"
   conv_transpose: Any = ConvTranspose
   upsample_conv: Any = UpsampleConv
 
@@ -110,6 +116,10 @@ class Generator(nn.Module):
                        f"{self.upsampling!r}")
     if self.norm not in NORMS:
       raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+    if self.latent not in LATENTS:
+      raise ValueError(f"latent must be one of {', '.join(LATENTS)}, got {self.latent!r}")
+    if self.latent == "uniform":
+      z = jax.scipy.special.erf(z * (1.0 / math.sqrt(2.0)))
     for j in range(self.mapping_layers):
       z = nn.leaky_relu(nn.Dense(self.mapping_width, dtype=self.dtype, name=f"Mapping_{j}")(z),
                         0.2)

@@ -19,6 +19,7 @@ from jaxgen.flags import setting
 GENERATOR_LOSSES = ("non_saturating", "minimax")
 UPSAMPLINGS = ("transpose", "resize")  # jaxgen.dcgan.UPSAMPLINGS, without importing flax here
 NORMS = ("batch", "instance")  # jaxgen.dcgan.NORMS, likewise
+LATENTS = ("normal", "uniform")  # jaxgen.dcgan.LATENTS, likewise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,12 +73,15 @@ class ConvSettings(training.Settings):
   generator_norm: str = setting("", "what normalises the generator's hidden layers: batch "
                                     "(DCGAN's BatchNorm) | instance (each image's own "
                                     "statistics, as StyleGAN); empty picks batch")
+  latent: str = setting("", "the latent prior the generator sees: normal | uniform (DCGAN's "
+                            "U(-1, 1), made from the normal draws by the normal CDF); empty "
+                            "picks normal")
   coordinates: bool = setting(False, "CoordConv (Liu et al. 2018): give every stride-2 layer of "
                                      "the generator two channels of pixel coordinates")
 
   AUTOMATIC = training.Settings.AUTOMATIC + ("width", "latent_dim")
   BEFORE = {**training.Settings.BEFORE, "upsampling": "transpose", "mapping": "none",
-            "generator_norm": "batch"}
+            "generator_norm": "batch", "latent": "normal"}
 
   def __post_init__(self):
     super().__post_init__()
@@ -89,6 +93,9 @@ class ConvSettings(training.Settings):
                        f"dataset's default), got {self.upsampling!r}")
     if self.mapping:
       self.mapping_shape  # a one-line error for a bad --mapping
+    if self.latent not in ("",) + LATENTS:
+      raise ValueError(f"--latent must be one of {', '.join(LATENTS)} (or empty for the "
+                       f"dataset's default), got {self.latent!r}")
     if self.generator_norm not in ("",) + NORMS:
       raise ValueError(f"--generator_norm must be one of {', '.join(NORMS)} (or empty for the "
                        f"dataset's default), got {self.generator_norm!r}")
@@ -113,7 +120,7 @@ class ConvSettings(training.Settings):
     32 (one blob) or 64 (ten blobs) for the blob images."""
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "width": 32 if blobs else 64, "upsampling": "transpose",
-            "mapping": "none", "generator_norm": "batch", "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
+            "mapping": "none", "generator_norm": "batch", "latent": "normal", "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
 def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
@@ -131,7 +138,8 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
                               upsampling=config.upsampling or config.resolved().upsampling,
                               coordinates=config.coordinates,
                               mapping_layers=layers, mapping_width=width,
-                              norm=config.generator_norm or config.resolved().generator_norm)
+                              norm=config.generator_norm or config.resolved().generator_norm,
+                              latent=config.latent or config.resolved().latent)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \

@@ -288,6 +288,14 @@ def test_the_generator_norm_setting_and_a_run_from_before_it(tmp_path):
   _a_run_from_before_the_setting_keeps(tmp_path, "generator_norm", "batch", "instance")
 
 
+def test_the_latent_setting_and_a_run_from_before_it(tmp_path):
+  assert wgan_gp.Config(dataset="celeba").resolved().latent == "normal"
+  with pytest.raises(ValueError, match="--latent must be one of normal, uniform"):
+    wgan_gp.Config(latent="gaussian")
+  # A run written before the setting existed resumes and samples with the normal latent.
+  _a_run_from_before_the_setting_keeps(tmp_path, "latent", "normal", "uniform")
+
+
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
   config = tiny(tmp_path / "run", steps=2)
   wgan_gp.train(config)

@@ -102,6 +102,28 @@ def test_an_instance_normalised_generator_ignores_the_latent_scale_and_the_batch
     dcgan.Generator(16, 1, 4, 6, norm="layer").init(jax.random.PRNGKey(0), z, train=False)
 
 
+def test_a_uniform_latent_is_the_normal_generator_on_the_normal_cdf():
+  """latent="uniform" feeds the network 2 Phi(z) - 1: the same network applied to that input
+  (Phi from jax.scipy.stats, not the module's erf), and U(-1, 1) coordinates by their quantiles
+  and variance (1/3)."""
+  z = jax.random.normal(jax.random.PRNGKey(4), (5, 6))
+  g = dcgan.Generator(16, 1, 4, 6, latent="uniform", mapping_layers=1, mapping_width=8)
+  variables = g.init(jax.random.PRNGKey(0), z, train=False)
+  normal = dcgan.Generator(16, 1, 4, 6, mapping_layers=1, mapping_width=8)
+  u = 2.0 * jax.scipy.stats.norm.cdf(z) - 1.0
+  np.testing.assert_allclose(g.apply(variables, z, train=False),
+                             normal.apply(variables, u, train=False), atol=1e-6)
+  assert float(jnp.abs(g.apply(variables, z, train=False) -
+                       normal.apply(variables, z, train=False)).max()) > 1e-4  # it does change
+  draws = np.asarray(2.0 * jax.scipy.stats.norm.cdf(
+      jax.random.normal(jax.random.PRNGKey(5), (200_000,))) - 1.0)
+  np.testing.assert_allclose(np.quantile(draws, [0.1, 0.25, 0.5, 0.75, 0.9]),
+                             [-0.8, -0.5, 0.0, 0.5, 0.8], atol=0.01)
+  assert abs(draws.var() - 1.0 / 3.0) < 0.005 and np.abs(draws).max() < 1.0
+  with pytest.raises(ValueError, match="latent must be one of normal, uniform, got 'cauchy'"):
+    dcgan.Generator(16, 1, 4, 6, latent="cauchy").init(jax.random.PRNGKey(0), z, train=False)
+
+
 def test_coordinates_are_the_pixel_centres():
   x = dcgan.with_coordinates(jnp.zeros((2, 4, 2, 3)))
   chex.assert_shape(x, (2, 4, 2, 5))
