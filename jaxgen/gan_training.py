@@ -120,7 +120,8 @@ class ConvSettings(training.Settings):
     32 (one blob) or 64 (ten blobs) for the blob images."""
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "width": 32 if blobs else 64, "upsampling": "transpose",
-            "mapping": "none", "generator_norm": "batch", "latent": "normal", "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
+            "mapping": "none", "generator_norm": "batch", "latent": "normal",
+            "latent_dim": {"blobs1": 32, "blobs10": 64}.get(self.dataset, 100)}
 
 
 def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
@@ -129,17 +130,16 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
   from jaxgen import dcgan
   from jaxgen.layers import PRECISIONS
 
+  # An unresolved "" takes the automatic value (a run saved before a setting existed is given
+  # its Settings.BEFORE value first, e.g. DCGAN's transposed convolutions).
+  config = config.resolved()
   dtype = PRECISIONS[config.precision]
   layers, width = config.mapping_shape
-  # An unresolved "" takes the automatic value (a run saved before the setting existed is
-  # resolved with Settings.BEFORE: DCGAN's transposed convolutions).
   generator = dcgan.Generator(config.image_size, channels, config.width, config.latent_dim,
-                              axis_name=axis_name, dtype=dtype,
-                              upsampling=config.upsampling or config.resolved().upsampling,
+                              axis_name=axis_name, dtype=dtype, upsampling=config.upsampling,
                               coordinates=config.coordinates,
                               mapping_layers=layers, mapping_width=width,
-                              norm=config.generator_norm or config.resolved().generator_norm,
-                              latent=config.latent or config.resolved().latent)
+                              norm=config.generator_norm, latent=config.latent)
   if critic:
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \
