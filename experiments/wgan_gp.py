@@ -30,27 +30,32 @@ class Config(gan_training.ConvSettings):
   learning_rate: float = setting(0.0, "Adam learning rate (b1=0, b2=0.9) of both networks; 0 "
                                       "picks the paper's 1e-4, or 1e-3 for the blobs (README: "
                                       "the blob study)")
-  critic_head: str = setting("linear", "linear (DCGAN's: the score is linear in the last 4x4 "
-                                       "map, a sum over its cells) | hidden (a hidden layer as "
-                                       "wide as the last convolution, then the score: a critic "
-                                       "that can count objects across the image)")
+  critic_head: str = setting("", "linear (DCGAN's: the score is linear in the last 4x4 map, a "
+                                 "sum over its cells) | hidden (a hidden layer as wide as the "
+                                 "last convolution, then the score) | global (one more stride-2 "
+                                 "layer to a 2x2 map, so that every cell sees the whole image, "
+                                 "then a linear score); empty picks global for the blobs "
+                                 "(README: the blob study), linear otherwise")
 
   POSITIVE = training.Settings.POSITIVE + ("n_critic",)
   AUTOMATIC = gan_training.ConvSettings.AUTOMATIC + ("learning_rate",)
+  BEFORE = {**gan_training.ConvSettings.BEFORE, "critic_head": "linear"}
 
   def __post_init__(self):
     super().__post_init__()
     if self.gp_weight < 0:
       raise ValueError(f"--gp_weight must be non-negative, got {self.gp_weight}")
-    if self.critic_head not in ("linear", "hidden"):
-      raise ValueError(f"--critic_head must be linear or hidden, got {self.critic_head!r}")
+    if self.critic_head not in ("", "linear", "hidden", "global"):
+      raise ValueError(f"--critic_head must be linear, hidden or global, got "
+                       f"{self.critic_head!r}")
 
   def automatic(self) -> dict:
     blobs = self.dataset.startswith("blobs")
     return {**super().automatic(), "batch_size": 32 if blobs else 64,
             "learning_rate": 1e-3 if blobs else 1e-4,
             "upsampling": "resize" if blobs else "transpose",
-            "mapping": "2x256" if blobs else "none"}
+            "mapping": "2x256" if blobs else "none",
+            "critic_head": "global" if blobs else "linear"}
 
 
 networks = functools.partial(gan_training.dcgan_networks, critic=True)

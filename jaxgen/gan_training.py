@@ -144,7 +144,8 @@ def dcgan_networks(config, channels: int, axis_name=None, *, critic: bool):
     # The hidden head is as wide as the last convolution (128 at 32x32 and width 32).
     hidden = config.width * 2 ** (dcgan.num_upsamplings(config.image_size) - 1) \
         if config.critic_head == "hidden" else 0
-    return generator, dcgan.Critic(config.image_size, config.width, dtype=dtype, hidden=hidden)
+    return generator, dcgan.Critic(config.image_size, config.width, dtype=dtype, hidden=hidden,
+                                   global_view=config.critic_head == "global")
   return generator, dcgan.Discriminator(config.image_size, config.width, axis_name=axis_name,
                                         dtype=dtype)
 

@@ -186,6 +186,7 @@ def test_a_run_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
     (dict(gp_weight=-1.0), "--gp_weight must be non-negative"),
     (dict(dataset="blobz1"), "unknown --dataset='blobz1'"),
     (dict(precision="float16"), "--precision must be one of float32, bfloat16, got 'float16'"),
+    (dict(critic_head="mlp"), "--critic_head must be linear, hidden or global, got 'mlp'"),
 ])
 def test_bad_settings_are_clear_errors(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
@@ -286,6 +287,16 @@ def test_the_generator_norm_setting_and_a_run_from_before_it(tmp_path):
   # A run written before the setting existed: no "generator_norm" in config.json, BatchNorm
   # statistics in its checkpoint.
   _a_run_from_before_the_setting_keeps(tmp_path, "generator_norm", "batch", "instance")
+
+
+def test_the_critic_sees_the_whole_image_on_the_blobs_and_a_run_from_before_keeps_linear(
+    tmp_path):
+  assert setup(wgan_gp.Config(workdir=str(tmp_path / "new")))[0].critic_head == "global"
+  assert wgan_gp.Config(dataset="celeba").resolved().critic_head == "linear"
+  _, critic = wgan_gp.networks(wgan_gp.Config().resolved(), 1)
+  assert critic.global_view and not critic.hidden
+  # A run written before the setting existed: no "critic_head" in config.json, the 4x4 head.
+  _a_run_from_before_the_setting_keeps(tmp_path, "critic_head", "linear", "global")
 
 
 def test_the_latent_setting_and_a_run_from_before_it(tmp_path):

@@ -157,6 +157,20 @@ def test_a_linear_head_adds_up_the_cells_and_a_hidden_head_does_not():
       assert abs(a - empty) > 1e-2 and gap < 1e-4 * max(abs(a - empty), abs(b - empty))  # float32
 
 
+def test_a_global_view_critic_sees_far_apart_blobs_together():
+  """With one more stride-2 layer each of the 2x2 cells sees the whole 32x32 image, so even the
+  linear head does not add up far-apart blobs: two of them plus an empty image score differently
+  from two one-blob images."""
+  x = _far_apart_blobs()
+  critic = dcgan.Critic(32, 8, global_view=True)
+  params = critic.init(jax.random.PRNGKey(0), x)
+  shapes = {k: v["kernel"].shape for k, v in params["params"].items()}
+  assert shapes["Conv_3"] == (4, 4, 32, 64) and shapes["Conv_4"] == (2, 2, 64, 1)
+  params = jax.tree.map(lambda p: p * 40.0, params)
+  empty, a, b, both = np.asarray(critic.apply(params, x), np.float64)
+  assert abs((both + empty) - (a + b)) > 1e-2 * max(abs(a - empty), abs(b - empty))
+
+
 def test_bad_image_size_is_a_clear_error():
   with pytest.raises(ValueError, match="power of two"):
     dcgan.num_upsamplings(48)
