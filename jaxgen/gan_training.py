@@ -88,17 +88,13 @@ class ConvSettings(training.Settings):
     if self.image_size:
       from jaxgen import dcgan
       dcgan.num_upsamplings(self.image_size)  # a one-line error for a size they cannot make
-    if self.upsampling not in ("",) + UPSAMPLINGS:
-      raise ValueError(f"--upsampling must be one of {', '.join(UPSAMPLINGS)} (or empty for the "
-                       f"dataset's default), got {self.upsampling!r}")
+    for name, choices in (("upsampling", UPSAMPLINGS), ("generator_norm", NORMS),
+                          ("latent", LATENTS)):
+      if getattr(self, name) not in ("",) + choices:
+        raise ValueError(f"--{name} must be one of {', '.join(choices)} (or empty for the "
+                         f"dataset's default), got {getattr(self, name)!r}")
     if self.mapping:
       self.mapping_shape  # a one-line error for a bad --mapping
-    if self.latent not in ("",) + LATENTS:
-      raise ValueError(f"--latent must be one of {', '.join(LATENTS)} (or empty for the "
-                       f"dataset's default), got {self.latent!r}")
-    if self.generator_norm not in ("",) + NORMS:
-      raise ValueError(f"--generator_norm must be one of {', '.join(NORMS)} (or empty for the "
-                       f"dataset's default), got {self.generator_norm!r}")
 
   @property
   def mapping_shape(self) -> tuple:
