@@ -289,10 +289,11 @@ def test_the_generator_norm_setting_and_a_run_from_before_it(tmp_path):
   _a_run_from_before_the_setting_keeps(tmp_path, "generator_norm", "batch", "instance")
 
 
-def test_the_critic_sees_the_whole_image_on_the_blobs_and_a_run_from_before_keeps_linear(
+def test_the_critic_sees_the_whole_image_on_one_blob_and_a_run_from_before_keeps_linear(
     tmp_path):
   assert setup(wgan_gp.Config(workdir=str(tmp_path / "new")))[0].critic_head == "global"
   assert wgan_gp.Config(dataset="celeba").resolved().critic_head == "linear"
+  assert wgan_gp.Config(dataset="blobs10").resolved().critic_head == "linear"
   _, critic = wgan_gp.networks(wgan_gp.Config().resolved(), 1)
   assert critic.global_view and not critic.hidden
   # A run written before the setting existed: no "critic_head" in config.json, the 4x4 head.
