@@ -280,15 +280,6 @@ def test_the_mapping_mlp_is_on_for_the_blobs_and_a_run_from_before_it_has_none(t
   _a_run_from_before_the_setting_keeps(tmp_path, "mapping", "none", "2x256")
 
 
-def test_the_generator_norm_setting_and_a_run_from_before_it(tmp_path):
-  assert wgan_gp.Config(dataset="celeba").resolved().generator_norm == "batch"
-  with pytest.raises(ValueError, match="--generator_norm must be one of batch, instance"):
-    wgan_gp.Config(generator_norm="layer")
-  # A run written before the setting existed: no "generator_norm" in config.json, BatchNorm
-  # statistics in its checkpoint.
-  _a_run_from_before_the_setting_keeps(tmp_path, "generator_norm", "batch", "instance")
-
-
 def test_the_critic_sees_the_whole_image_on_one_blob_and_a_run_from_before_keeps_linear(
     tmp_path):
   assert setup(wgan_gp.Config(workdir=str(tmp_path / "new")))[0].critic_head == "global"
@@ -300,12 +291,19 @@ def test_the_critic_sees_the_whole_image_on_one_blob_and_a_run_from_before_keeps
   _a_run_from_before_the_setting_keeps(tmp_path, "critic_head", "linear", "global")
 
 
-def test_the_latent_setting_and_a_run_from_before_it(tmp_path):
-  assert wgan_gp.Config(dataset="celeba").resolved().latent == "normal"
-  with pytest.raises(ValueError, match="--latent must be one of normal, uniform"):
-    wgan_gp.Config(latent="gaussian")
-  # A run written before the setting existed resumes and samples with the normal latent.
-  _a_run_from_before_the_setting_keeps(tmp_path, "latent", "normal", "uniform")
+@pytest.mark.parametrize("name, old, new, bad, choices", [
+    ("generator_norm", "batch", "instance", "layer", "batch, instance"),
+    ("latent", "normal", "uniform", "gaussian", "normal, uniform"),
+])
+def test_a_generator_choice_and_a_run_from_before_it(tmp_path, name, old, new, bad, choices):
+  """Each choice of the generator (its normalisation, its latent prior) defaults to DCGAN's,
+  refuses a bad value in one line, and a run written before it existed (no such key in
+  config.json) resumes and samples with DCGAN's."""
+  assert getattr(wgan_gp.Config(dataset="celeba").resolved(), name) == old
+  assert getattr(wgan_gp.Config().resolved(), name) == old
+  with pytest.raises(ValueError, match=f"--{name} must be one of {choices} .*got '{bad}'"):
+    wgan_gp.Config(**{name: bad})
+  _a_run_from_before_the_setting_keeps(tmp_path, name, old, new)
 
 
 def test_a_checkpoint_at_the_wrong_data_position_is_an_error(tmp_path):
