@@ -15,7 +15,10 @@ with exactly one blob over three seeds (README: the blob study).
 
 Critic: Conv(k4 s2 p1) layers with LeakyReLU(0.2) that halve the size and double the width
 (64->128->256->512 at 64x64), then Conv(k4 s1 p0) from 4x4 to one score. No BatchNorm (the
-gradient penalty is per example) and no sigmoid (a critic scores, it does not classify).
+gradient penalty is per example) and no sigmoid (a critic scores, it does not classify). With
+`global_view` one more such layer makes a 2x2 map, scored by a 2x2 convolution: each of its
+cells sees the whole image, which a linear sum over 4x4 cells of 22-px windows does not (on the
+one-blob images it took WGAN-GP from 85% to 96-98% of samples with exactly one blob).
 
 Discriminator (the DCGAN paper's): the critic's layers without biases, BatchNorm after every
 convolution but the first, and one logit out (the sigmoid is in the loss, `jaxgen.gan`).
@@ -102,8 +105,8 @@ class Generator(nn.Module):
   norm: str = "batch"
   # The prior the network sees: "normal" (z as drawn, N(0, I)) or "uniform" (DCGAN's and the
   # original GAN's U(-1, 1)^d, made from the same normal draws by the normal CDF, 2 Phi(z) - 1,
-  # so every sampler and latent grid keeps drawing normals). A bounded latent lets a piecewise-
-  # linear network cover a bounded set of images (blob positions in a square) without folding.
+  # so every sampler and latent grid keeps drawing normals). On the blobs it did not remove the
+  # seam at the image's edges that the README's blob study describes; the critic's view did.
   latent: str = "normal"
   conv_transpose: Any = ConvTranspose
   upsample_conv: Any = UpsampleConv
