@@ -348,11 +348,12 @@ def test_disk_full_while_saving_names_the_last_good_step_which_restores(tmp_path
 
 @pytest.fixture
 def small_filesystem(tmp_path):
-  """A 4 MiB tmpfs, where this machine lets the tests mount one (root in a container that
-  allows it); the injected-error test above runs everywhere."""
+  """A 16 MiB tmpfs (room for a tiny run's kept checkpoints and one being written, about 1 MiB
+  each), where this machine lets the tests mount one (root in a container that allows it); the
+  injected-error test above runs everywhere."""
   mount = tmp_path / "small"
   mount.mkdir()
-  done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+  done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
                         capture_output=True, text=True)
   if done.returncode != 0:
     pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the injected disk-full "
