@@ -59,11 +59,37 @@ def _warn(message: str) -> None:
   print(f"warning: {message}", file=sys.stderr)
 
 
+class _FailedSaveRemains(logging.Filter):
+  """Drops the error records that a failed save's own writes log after `save` has reported it:
+  asyncio's "Task exception was never retrieved" for each concurrent write that also failed,
+  logged whenever the garbage collector reaches the task (often after the one-line error, or at
+  exit), and orbax's per-write errors. A record is dropped only when it names the partial folder
+  of a save that failed; anything else is passed on."""
+
+  def __init__(self):
+    super().__init__()
+    self.folders = set()
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or not self.folders:
+      return True
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+      text += str(record.exc_info[1])
+    return not any(folder in text for folder in self.folders)
+
+
+_REMAINS = _FailedSaveRemains()
+for _name in ("asyncio", "absl"):
+  logging.getLogger(_name).addFilter(_REMAINS)
+
+
 @contextlib.contextmanager
-def _orbax_errors_unlogged():
+def _orbax_errors_unlogged(partial: str):
   """Orbax logs each failed write's traceback from its threads, and tensorstore's callbacks print
   more into an event loop orbax has closed (some thirty for one full disk); `save` reports the
-  failure itself, in one line. What a save that succeeds prints is passed on."""
+  failure itself, in one line. What a save that succeeds prints is passed on. Of a failed save
+  (its partial folder is `partial`), what is logged later is dropped by `_REMAINS`."""
   quiet = logging.Filter()
   quiet.filter = lambda record: record.levelno < logging.ERROR
   logger = logging.getLogger("absl")
@@ -75,6 +101,7 @@ def _orbax_errors_unlogged():
     failed = False
   finally:
     if failed:
+      _REMAINS.folders.add(partial)
       time.sleep(1.0)  # the writes still in flight fail within milliseconds, and print then
     captured, sys.stderr = sys.stderr.getvalue(), stderr
     logger.removeFilter(quiet)
@@ -162,7 +189,7 @@ class Checkpoints:
           f"checkpoint in {self.directory} is kept: lower --learning_rate and resume from it")
     last = self.latest_step()
     try:
-      with _orbax_errors_unlogged():
+      with _orbax_errors_unlogged(os.path.join(self.directory, f"{step}{PARTIAL_MARK}")):
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
         self._manager.wait_until_finished()

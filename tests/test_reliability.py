@@ -5,6 +5,7 @@ Behaviours about processes run the real programs as processes and send them real
 
 import dataclasses
 import errno
+import logging
 import os
 import random
 import re
@@ -344,6 +345,46 @@ def test_disk_full_while_saving_names_the_last_good_step_which_restores(tmp_path
   chex.assert_trees_all_equal(_params(config), _params(reference))  # step 2 restores
   wgan_gp.train(config)  # and resumes once there is space
   assert final_tree(config.workdir)[2] == 6
+
+
+def test_a_failed_saves_late_errors_are_dropped_others_kept(tmp_path, monkeypatch, caplog):
+  """Orbax writes a checkpoint's arrays as concurrent asyncio tasks; on a full disk several fail,
+  and asyncio logs each one nobody awaited ("Task exception was never retrieved", with its
+  traceback) whenever the garbage collector reaches it: after the run's one-line error, seen
+  here on a real full disk. Those name the failed save's partial folder and are dropped; the
+  same record about anything else is still logged."""
+  import asyncio
+  import gc
+  import orbax.checkpoint as ocp
+
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "c"))
+  partial = os.path.join(ckpts.directory, f"5{checkpoint.PARTIAL_MARK}")
+
+  def failing(self, step, *args, **kwargs):
+    raise ValueError(MEASURED_DISK_FULL.format(path=partial))
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing)
+  with pytest.raises(checkpoint.SaveError, match="the disk is full"):
+    ckpts.save(5, {"w": np.ones(3, np.float32)}, {})
+
+  def unretrieved(path):  # a task that fails and is never awaited, then collected
+    async def write():
+      raise ValueError(MEASURED_DISK_FULL.format(path=path))
+
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(write())
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    del task
+    gc.collect()
+
+  caplog.clear()
+  with caplog.at_level(logging.ERROR):
+    unretrieved(os.path.join(partial, "state"))
+    assert [r for r in caplog.records if "never retrieved" in r.getMessage()] == []
+    unretrieved(str(tmp_path / "elsewhere"))  # the control: asyncio's own record, passed on
+    late = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+  assert len(late) == 1 and str(tmp_path / "elsewhere") in str(late[0].exc_info[1])
 
 
 @pytest.fixture
