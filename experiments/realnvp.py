@@ -22,6 +22,7 @@ from jaxgen.layers import PRECISIONS
 MODEL = "realnvp"
 DIGITS = ("mnist", "fashion_mnist")
 PRESETS = ("mnist_cpu", "mnist", "cifar10", "celeba64")
+PRECISE_BN_BATCHES = 16  # training batches (the train split's first) behind --bn_stats=precise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,13 @@ class Config(training.Settings):
   num_scales: int = setting(0, "scales of the multi-scale flow; 0 keeps the preset's")
   width: int = setting(0, "channels of the s/t residual networks; 0 keeps the preset's")
   num_blocks: int = setting(0, "residual blocks per s/t network; 0 keeps the preset's")
+  st_norm: str = setting("", "normalisation inside the s/t networks: batch (the paper's "
+                             "BatchNorm, running averages at inference) or none; empty keeps "
+                             "the preset's")
+  bn_stats: str = setting("", "the s/t networks' BatchNorm statistics at inference: precise "
+                              "(recomputed with the current weights from 16 training batches "
+                              "before every evaluation and at the end, and saved) or running "
+                              "(the running averages); empty picks precise")
   learning_rate: float = setting(1e-3, "Adam learning rate")
   clip_norm: float = setting(0.0, "clip the global gradient norm of the bits/dim loss; 0: none")
   temperature: float = setting(0.7, "standard deviation of z in the sample grids (1 is the "
@@ -49,11 +57,16 @@ class Config(training.Settings):
   POSITIVE = ("epochs", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
   AUTOMATIC = training.Settings.AUTOMATIC + ("steps", "num_scales", "width", "num_blocks",
                                              "eval_examples")
+  BEFORE = {**training.Settings.BEFORE, "st_norm": "batch", "bn_stats": "running"}
 
   def __post_init__(self):
     super().__post_init__()
     if self.preset and self.preset not in PRESETS:
       raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+    if self.st_norm not in ("", "batch", "none"):
+      raise ValueError(f"--st_norm must be batch or none, got {self.st_norm!r}")
+    if self.bn_stats not in ("", "precise", "running"):
+      raise ValueError(f"--bn_stats must be precise or running, got {self.bn_stats!r}")
     if self.learning_rate <= 0 or self.clip_norm < 0 or self.temperature <= 0:
       raise ValueError(f"--learning_rate and --temperature must be positive and --clip_norm "
                        f"non-negative, got {self.learning_rate}, {self.temperature}, "
@@ -67,15 +80,17 @@ class Config(training.Settings):
                              "celeba64" if size == 64 else "cifar10")
     fields = realnvp.PRESETS[preset]
     return {**super().automatic(), "image_size": size, "preset": preset,
-            **{k: fields[k] for k in ("num_scales", "width", "num_blocks")}}
+            **{k: fields[k] for k in ("num_scales", "width", "num_blocks")},
+            "st_norm": fields.get("st_norm", "batch"), "bn_stats": "precise"}
 
 
 def network(config: Config, image_shape, axis_name=None):
   from jaxgen import realnvp
+  st_norm = config.st_norm or realnvp.PRESETS[config.preset].get("st_norm", "batch")
   return realnvp.from_preset(config.preset, image_shape=tuple(image_shape),
                              num_scales=config.num_scales, width=config.width,
-                             num_blocks=config.num_blocks, axis_name=axis_name,
-                             dtype=PRECISIONS[config.precision])
+                             num_blocks=config.num_blocks, st_norm=st_norm,
+                             axis_name=axis_name, dtype=PRECISIONS[config.precision])
 
 
 def sampler(config: Config, image_shape):
@@ -125,6 +140,14 @@ def train(config: Config, devices=None, source=None) -> dict:
       model=plain)})
   _, generate = sampler(config, source.image_shape)
   generate = jax.jit(generate)
+  stats_key = jax.random.fold_in(eval_key, 2**31 - 1)  # no step reaches it
+
+  def precise(state, done):  # the BatchNorm statistics of the current weights, full batches
+    count = max(1, min(PRECISE_BN_BATCHES, source.num_examples // config.batch_size))
+    batches = [source.eval_batch(i)[0] for i in range(count)]
+    return state.replace(batch_stats=realnvp.precise_batch_stats(
+        state.params, state.batch_stats, batches, jax.random.fold_in(stats_key, done),
+        model=plain))
   fixed_z = jax.random.normal(sample_key, (64, realnvp.num_dims(plain)))
 
   def tree(state):  # the checkpoint's view, which `sampler` reads
@@ -143,6 +166,8 @@ def train(config: Config, devices=None, source=None) -> dict:
       if training.due(done, config.log_every, total):
         writer.metrics(done, parallel.first(metrics), config.batch_size)
       if done % per_epoch == 0 or done == total:
+        if config.bn_stats == "precise":  # before the evaluation and the epoch's checkpoint
+          state = parallel.replicate(precise(parallel.unreplicate(state), done), devices)
         evaluate = functools.partial(bits, parallel.unreplicate(state))
         last = training.evaluate_epoch(writer, done, per_epoch, evaluate, source, test,
                                        jax.random.fold_in(eval_key, done), config.eval_examples)

@@ -191,6 +191,7 @@ def test_actnorm_data_dependent_init_standardises_the_first_batch():
 FLOWS = {
     "two_scales": dict(image_shape=(4, 4, 2), flow_norm="none"),
     "three_scales_actnorm": dict(image_shape=(8, 8, 1), num_scales=3, flow_norm="actnorm"),
+    "st_norm_none": dict(image_shape=(8, 8, 1), flow_norm="actnorm", st_norm="none"),
 }
 
 
@@ -400,6 +401,52 @@ def test_inference_is_per_example_training_mode_is_not():
     return realnvp._log_density(model, variables, x, True)[0]
   x = realnvp.dequantize(pixels, noise)
   assert abs(float(train_mode(x)[0] - train_mode(x[:2])[0])) > 1e-3
+
+
+def test_without_batchnorm_in_the_st_networks_training_mode_is_inference_mode():
+  """st_norm="none": nothing in the flow depends on the batch, so the density the loss trains is
+  the one evaluation reports, image by image (with BatchNorm, the test above shows it is not)."""
+  model, state, step, images = _setup(flow_norm="actnorm", st_norm="none")
+  assert state.batch_stats == {}
+  state, _ = jax.jit(step)(state, images[0], jax.random.PRNGKey(0))
+  variables = {"params": _randomize({"params": state.params}, 4)["params"], "batch_stats": {}}
+  pixels = realnvp.to_pixels(images[1])
+  x = realnvp.dequantize(pixels, jax.random.uniform(jax.random.PRNGKey(3), pixels.shape))
+  train = realnvp._log_density(model, variables, x, True)[0]
+  infer = realnvp._log_density(model, variables, x, False)[0]
+  assert float(jnp.std(train)) > 1.0  # the random parameters give the images different densities
+  np.testing.assert_allclose(train, infer, rtol=1e-6)
+  np.testing.assert_allclose(realnvp._log_density(model, variables, x[:2], True)[0], train[:2],
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="st_norm must be one of batch, none, got 'layer'"):
+    _small(st_norm="layer").init(jax.random.PRNGKey(0), x, train=True)
+
+
+def test_precise_batchnorm_statistics_are_the_batches_own():
+  """One batch's precise statistics make inference on that batch compute exactly what training
+  mode computes on it (two independent paths through BatchNorm); several batches' are the mean
+  of each one's; without BatchNorm there is nothing to recompute."""
+  model, state, step, images = _setup()
+  state, _ = jax.jit(step)(state, images[0], jax.random.PRNGKey(0))
+  params = _randomize({"params": state.params}, 4)["params"]
+  key = jax.random.PRNGKey(5)
+  stats = realnvp.precise_batch_stats(params, state.batch_stats, [images[1]], key, model=model)
+  pixels = realnvp.to_pixels(images[1])
+  x = realnvp.dequantize(pixels, jax.random.uniform(jax.random.fold_in(key, 0), pixels.shape))
+  train = realnvp._log_density(model, {"params": params, "batch_stats": state.batch_stats}, x,
+                               True)[0]
+  infer = realnvp._log_density(model, {"params": params, "batch_stats": stats}, x, False)[0]
+  running = realnvp._log_density(model, {"params": params, "batch_stats": state.batch_stats}, x,
+                                 False)[0]
+  np.testing.assert_allclose(infer, train, rtol=1e-5)
+  assert float(jnp.max(jnp.abs(running - train))) > 1.0  # the running averages are not the batch's
+  two = realnvp.precise_batch_stats(params, state.batch_stats, list(images[1:]), key, model=model)
+  each = [realnvp.batch_statistics(params, state.batch_stats, images[1 + i],
+                                   jax.random.fold_in(key, i), model=model) for i in range(2)]
+  chex.assert_trees_all_close(two, jax.tree.map(lambda a, b: (a + b) / 2, *each), rtol=1e-5,
+                             atol=1e-6)
+  plain, plain_state, _, _ = _setup(st_norm="none")
+  assert realnvp.precise_batch_stats(plain_state.params, {}, [images[1]], key, model=plain) == {}
 
 
 def test_two_devices_equal_one_device():

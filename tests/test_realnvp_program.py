@@ -85,3 +85,68 @@ def test_bad_flags_fail_in_one_line(tmp_path):
   assert result.returncode != 0 and lines == [
       "error: --preset must be one of mnist_cpu, mnist, cifar10, celeba64, got 'glow'"]
   assert not (tmp_path / "run").exists()
+
+
+def test_st_norm_and_bn_stats_defaults_and_a_run_from_before_them(tmp_path):
+  from jaxgen import realnvp as flows
+  for preset in realnvp.PRESETS:
+    resolved = realnvp.Config(dataset="mnist", preset=preset).resolved()
+    assert resolved.st_norm == flows.PRESETS[preset].get("st_norm", "batch")
+    assert resolved.bn_stats == "precise"
+  assert realnvp.Config(dataset="mnist", st_norm="none").resolved().st_norm == "none"
+  with pytest.raises(ValueError, match="--st_norm must be batch or none, got 'layer'"):
+    realnvp.Config(st_norm="layer")
+  with pytest.raises(ValueError, match="--bn_stats must be precise or running, got 'ema'"):
+    realnvp.Config(bn_stats="ema")
+  # A run written before the settings existed (neither in config.json) had BatchNorm in its s/t
+  # networks and evaluated with the running averages: it resumes and samples so, and refuses
+  # the other choices.
+  config = tiny(tmp_path / "old", steps=1, st_norm="batch", bn_stats="running")
+  realnvp.train(config)
+  path = os.path.join(config.workdir, "config.json")
+
+  def forget():
+    saved = json.load(open(path))
+    del saved["st_norm"], saved["bn_stats"]
+    json.dump(saved, open(path, "w"))
+
+  forget()
+  resumed = dataclasses.replace(config, steps=2, st_norm="", bn_stats="")
+  realnvp.train(resumed)
+  saved = json.load(open(path))
+  assert (saved["st_norm"], saved["bn_stats"]) == ("batch", "running")
+  assert latest(resumed)[0]["batch_stats"]  # the BatchNorm averages are still there
+  with pytest.raises(ValueError, match="holds a run with st_norm='batch', not 'none'"):
+    realnvp.train(dataclasses.replace(config, steps=3, st_norm="none"))
+  with pytest.raises(ValueError, match="holds a run with bn_stats='running', not 'precise'"):
+    realnvp.train(dataclasses.replace(config, steps=3, bn_stats="precise"))
+  forget()
+  images, _, step = sample.draw_samples(config.workdir, 2)
+  assert step == 2 and images.shape == (2, 8, 8, 1)
+
+
+def test_precise_statistics_change_the_inference_statistics_not_the_training(tmp_path):
+  """--bn_stats=precise replaces the running averages at each evaluation with statistics of the
+  current weights: the weights train exactly as with the running averages; the saved statistics
+  are those of 16 training batches (recomputed here from the checkpoint's weights)."""
+  from jaxgen import realnvp as flows
+  runs = {name: tiny(tmp_path / name, bn_stats=name) for name in ("precise", "running")}
+  for config in runs.values():
+    realnvp.train(config)
+  (precise, _), (running, _) = latest(runs["precise"]), latest(runs["running"])
+  chex.assert_trees_all_equal(precise["params"], running["params"])
+  config = runs["precise"].resolved()
+  source = data.load(config.dataset, image_size=8, batch_size=4, seed=config.seed)
+  batches = [source.eval_batch(i)[0] for i in range(realnvp.PRECISE_BN_BATCHES)]
+  model = realnvp.network(config, (8, 8, 1))
+  # stats of these batches under the final weights: the means over the batches agree
+  own = [flows.batch_statistics(precise["params"], precise["batch_stats"], b,
+                                jax.random.PRNGKey(i), model=model) for i, b in enumerate(batches)]
+  mean = jax.tree.map(lambda *v: sum(v) / len(v), *own)
+  for saved, other, recomputed in zip(jax.tree.leaves(precise["batch_stats"]),
+                                      jax.tree.leaves(running["batch_stats"]),
+                                      jax.tree.leaves(mean)):
+    # the noise differs (its key is the program's), so within dequantisation noise, and far
+    # closer than the running averages
+    # (measured: at most 1.2% of the running averages' distance)
+    assert np.max(np.abs(saved - recomputed)) < 0.05 * np.max(np.abs(other - recomputed))
