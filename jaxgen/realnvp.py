@@ -46,8 +46,11 @@ normalisation between couplings).
 
 The s/t networks' own BatchNorm (as in the reference) makes the training-mode forward depend on
 the batch: every inference use (sampling, test bits/dim, inverse) runs with `train=False`, i.e.
-on the running averages, where each image's map is its own bijection. In training mode the
-log-determinant is the one of the map for this batch's statistics, as in the paper.
+on the stored statistics, where each image's map is its own bijection. In training mode the
+log-determinant is the one of the map for this batch's statistics, as in the paper. The stored
+statistics are running averages, which lag the weights; `precise_batch_stats` recomputes them
+with the current weights (the program does before every evaluation). `st_norm="none"` leaves
+BatchNorm out of the s/t networks altogether.
 
 Every s/t network's last convolution starts at zero (as in Glow), so each coupling starts as the
 identity: the initial flow is a permutation (plus actnorm), which makes the data-dependent
@@ -439,8 +442,8 @@ def batch_statistics(params, batch_stats, batch, key, *, model: RealNVP):
   """The s/t networks' BatchNorm statistics of one batch (images in model range or uint8,
   dequantised with noise from `key`), a tree like `batch_stats`: every layer's per-channel mean
   and (biased) variance of its input, the layers before it normalising with the batch's own
-  statistics, as training does. (From zero averages flax's update leaves exactly
-  (1 - momentum) times the batch's statistics.)"""
+  statistics, as training does. (From zero averages flax's update leaves (1 - momentum) times
+  the batch's statistics, which this divides out.)"""
   pixels = to_pixels(batch)
   x = dequantize(pixels, jax.random.uniform(key, pixels.shape))
   zero = jax.tree.map(jnp.zeros_like, batch_stats)
@@ -455,7 +458,7 @@ def precise_batch_stats(params, batch_stats, batches, key, *, model: RealNVP):
   """Inference statistics for the s/t networks' BatchNorm recomputed with the current weights:
   the mean over `batches` (a list of training batches) of each batch's statistics ("precise
   BatchNorm", Wu & Johnson 2021). The running averages lag the weights by about ten steps, and
-  on MNIST that lag moved the test bits/dim by up to 0.06 from one checkpoint to the next
+  on MNIST that lag cost up to 0.06 bits/dim at a checkpoint and made the test curve jump
   (README); these follow the weights exactly. `model` without an axis_name (one device)."""
   if not jax.tree.leaves(batch_stats):
     return batch_stats  # no BatchNorm (st_norm="none")
@@ -481,7 +484,7 @@ class RealNVPState:
   """The whole training state: a plain pytree, checkpointed as it is."""
   step: jax.Array
   params: Any
-  batch_stats: Any  # running averages of the s/t networks' BatchNorm
+  batch_stats: Any  # the s/t networks' BatchNorm statistics: running averages, or precise ones
   opt_state: Any
 
 
