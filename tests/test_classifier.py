@@ -55,7 +55,10 @@ def test_step_on_two_devices_equals_one_device():
                      in_axes=(0, 0, None), devices=devices)(
       parallel.replicate(state, devices),
       (parallel.shard(images, 2), parallel.shard(labels, 2)), key)
-  chex.assert_trees_all_close(parallel.unreplicate(two).params, one.params, atol=1e-6)
+  # Adam's first update is about lr * sign(gradient) (1e-3) wherever the gradient is far above
+  # eps, so a gradient near eps can carry a rounding difference of the split batch into a few
+  # parts per 1e3 of one update: 1e-5 is 1% of an update (seen: 4.3e-6 on an AMD EPYC Zen 3)
+  chex.assert_trees_all_close(parallel.unreplicate(two).params, one.params, atol=1e-5)
   chex.assert_trees_all_close(parallel.unreplicate(m2), m1, rtol=1e-5)
 
 
@@ -72,8 +75,12 @@ def test_tiny_training_learns_and_save_load_round_trips(tmp_path):
   classifier.save(directory, model, params, (32, 32, 1), {"test_accuracy": accuracy})
   loaded_model, loaded_params, config = classifier.load(directory)
   assert loaded_model == model and config["test_accuracy"] == 1.0
-  np.testing.assert_array_equal(classifier.features(loaded_model, loaded_params, test_x, 40),
-                                classifier.features(model, params, test_x, 64))
+  features = classifier.features(model, params, test_x, 64)
+  np.testing.assert_array_equal(classifier.features(loaded_model, loaded_params, test_x, 64),
+                                features)
+  # another batch size may block the convolutions differently: equal to float rounding
+  np.testing.assert_allclose(classifier.features(loaded_model, loaded_params, test_x, 40),
+                             features, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="already holds a classifier"):
     classifier.save(directory, model, params, (32, 32, 1), {})
 
