@@ -82,16 +82,27 @@ def cache_path() -> str:
   return os.environ.get(CACHE_VARIABLE) or DEFAULT_CACHE
 
 
-def cpu_model() -> str:
-  """The CPU's model name (/proc/cpuinfo on Linux), as specific as the system tells."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine() or "unknown"
+def cpu_model(cpuinfo: str = None) -> str:
+  """The CPU's model name with its family and model numbers (/proc/cpuinfo on Linux), as specific
+  as the system tells: virtual machines often name only "AMD EPYC" for chips as different as Zen
+  3 (AVX2) and Zen 4 (AVX-512), so the numbers keep their measurements apart."""
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # the first processor's block
+    name, _, value = line.partition(":")
+    fields.setdefault(name.strip(), value.strip())
+  if "model name" not in fields:
+    return platform.processor() or platform.machine() or "unknown"
+  numbers = [f"{k} {fields[v]}" for k, v in (("family", "cpu family"), ("model", "model"))
+             if v in fields]
+  return fields["model name"] + (f" ({' '.join(numbers)})" if numbers else "")
 
 
 def cpu_has_avx512() -> bool:

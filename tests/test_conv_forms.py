@@ -139,6 +139,17 @@ def test_pick_keeps_the_incumbent_unless_a_challenger_is_clearly_faster():
   assert conv_forms.pick({"lax": 1.0, "phase": 2.0}, "phase") == "lax"
 
 
+def test_the_cpu_is_named_with_its_family_and_model():
+  """Two chips a virtual machine names alike ("AMD EPYC": Zen 3 with AVX2, Zen 4 with AVX-512)
+  get different cache keys; only the first processor's block is read."""
+  block = "processor\t: {p}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {m}\n" \
+          "model name\t: AMD EPYC\nflags\t\t: fpu avx2\n\n"
+  zen3 = block.format(p=0, m=1) + block.format(p=1, m=99)
+  assert conv_forms.cpu_model(zen3) == "AMD EPYC (family 25 model 1)"
+  assert conv_forms.cpu_model(block.format(p=0, m=17)) == "AMD EPYC (family 25 model 17)"
+  assert conv_forms.cpu_model("model name\t: Some CPU\n") == "Some CPU"
+
+
 def test_settings_and_backends(monkeypatch):
   fake = {"lax": None, "phase": None, "subpixel": None}
   operands = (jax.ShapeDtypeStruct((2, 4, 4, 8), jnp.float32),) * 2
