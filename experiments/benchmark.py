@@ -60,6 +60,9 @@ flags.DEFINE_enum("convs", "jaxgen", ("jaxgen", "plain"),
                   "JAX's autodiff and XLA's default CPU settings (the baseline they replace)")
 flags.DEFINE_enum("precision", "float32", list(PRECISIONS),
                   "GAN networks' computation dtype (parameters and losses stay float32)")
+flags.DEFINE_integer("steps_per_call", 1, "VAE and RealNVP cases: steps run as one device loop "
+                     "per call (parallel.fused_steps, as the VAE program's --steps_per_call); "
+                     "--steps counts calls")
 flags.DEFINE_string("data_dir", None, "data directory of the loader cases and of the suite's "
                     "image datasets")
 flags.DEFINE_bool("suite", False, "train and score the fixed suite of seeded cases (SUITE)")
@@ -155,28 +158,31 @@ def compiled_gflop(compiled) -> float:
   return float((cost or {}).get("flops", 0.0)) / 1e9
 
 
-def time_step(step, state, real, key, steps: int, warmup: int, images_per_step: int) -> tuple:
-  """(last metrics, timing) of `steps` steps of a jitted step function: the timing fields of the
+def time_step(step, state, real, key, steps: int, warmup: int, images_per_step: int,
+              *count) -> tuple:
+  """(last metrics, timing) of `steps` calls of a jitted step function: the timing fields of the
   JSON line (images/s, s/step, compile seconds, foreign CPU seconds, XLA's GFLOP per step and the
-  rate they ran at)."""
+  rate they ran at). `count`: the steps per call of a `parallel.fused_steps` function, passed
+  as its last argument (per-step figures divide by it; XLA's count of a loop is one pass)."""
   import jax
 
+  per_call = count[0] if count else 1
   t0 = time.perf_counter()
-  step = step.lower(state, real, key).compile()
+  step = step.lower(state, real, key, *count).compile()
   compile_s = time.perf_counter() - t0
   gflop = compiled_gflop(step)
   for _ in range(warmup):
-    state, _ = step(state, real, key)
+    state, _ = step(state, real, key, *count)
   jax.block_until_ready(state)
   with CpuRegion() as region:
     for _ in range(steps):
-      state, metrics = step(state, real, key)
+      state, metrics = step(state, real, key, *count)
     jax.block_until_ready(metrics)
-  timing = {"images_per_s": images_per_step * steps / region.wall,
-            "s_per_step": region.wall / steps, "compile_s": compile_s,
+  timing = {"images_per_s": images_per_step * per_call * steps / region.wall,
+            "s_per_step": region.wall / (steps * per_call), "compile_s": compile_s,
             "foreign_cpu_s": region.foreign}
   if gflop:
-    timing.update(gflop_per_step=gflop, gflop_per_s=gflop * steps / region.wall)
+    timing.update(gflop_per_step=gflop, gflop_per_s=gflop * steps * per_call / region.wall)
   return metrics, timing
 
 
@@ -221,11 +227,21 @@ def dcgan_case(image_size: int, channels: int, batch: int, steps: int, warmup: i
 
 
 def single_update_case(step, state, real, steps: int, warmup: int, loss: str) -> dict:
-  """Timing of a one-batch-per-update step (VAE, RealNVP) on `real` already on the device."""
+  """Timing of a one-batch-per-update step (VAE, RealNVP) on `real` already on the device; with
+  --steps_per_call=K > 1, K steps per call as one device loop over K copies of `real`."""
   import jax
+  import jax.numpy as jnp
+  from jaxgen import parallel
+
+  k = FLAGS.steps_per_call
+  if k < 1:
+    raise ValueError(f"--steps_per_call must be positive, got {k}")
+  count = ()
+  if k > 1:
+    step, real, count = parallel.fused_steps(step), jnp.broadcast_to(real, (k, *real.shape)), (k,)
   metrics, timing = time_step(jax.jit(step, donate_argnums=0), state, real,
-                              jax.random.PRNGKey(2), steps, warmup, images_per_step=real.shape[0])
-  return {**timing, loss: float(metrics[loss])}
+                              jax.random.PRNGKey(2), steps, warmup, real.shape[-4], *count)
+  return {**timing, loss: float(metrics[loss]), "steps_per_call": k}
 
 
 def vae_case(architecture: str, batch: int, steps: int, warmup: int) -> dict:

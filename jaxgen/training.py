@@ -146,6 +146,45 @@ def due(done: int, every: int, total: int) -> bool:
   return done % every == 0 or done == total
 
 
+def chunks(start: int, total: int, size: int, *intervals: int) -> list:
+  """(first step, count) pairs that cover steps start .. total - 1 in calls of at most `size`
+  steps, each ending where any of `intervals` (0: none) is due, so that what a loop does every
+  so many steps (metrics, evaluations, grids, checkpoints) happens after the same steps as in a
+  loop of single steps."""
+  plan, first = [], start
+  while first < total:
+    end = min(total, first + size)
+    for every in intervals:
+      if every:
+        end = min(end, (first // every + 1) * every)
+    plan.append((first, end - first))
+    first = end
+  return plan
+
+
+def step_calls(step, make, devices, start: int, total: int, size: int, *intervals: int,
+               batch_axis: int = 0):
+  """A training loop's calls, `size` steps each (see `chunks` and `parallel.pmap_steps`):
+  (the (first step, count) plan, call(state, batches, key, count) -> (state, last step's
+  metrics), the stream of batches for each call, to close when done). size 1 is the plain loop:
+  one pmapped step per call.
+
+      plan, call, batches = training.step_calls(step, source.batch, devices, start, total, k,
+                                                config.log_every, ...)
+      for first, count in plan:
+        state, metrics = call(state, next(batches), key, count)
+        done = first + count
+  """
+  if size == 1:
+    single = parallel.pmap_step(step, devices)
+    return ([(i, 1) for i in range(start, total)],
+            lambda state, batch, key, count: single(state, batch, key),
+            parallel.device_batches(make, devices, start, batch_axis=batch_axis))
+  plan = chunks(start, total, size, *intervals)
+  return plan, parallel.pmap_steps(step, devices), parallel.chunk_batches(
+      make, plan, size, devices, batch_axis=batch_axis)
+
+
 def resume(checkpoints, state, *, batches_per_step: int):
   """(state, first step) from the latest checkpoint, or (state, 0) for a new run.
 

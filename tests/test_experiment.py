@@ -430,3 +430,20 @@ def test_a_checkpoint_from_before_a_state_field_existed_restores(tmp_path):
   with pytest.raises(ValueError, match="has no d_batch_stats: it belongs to another model"):
     ckpts.restore(state.replace(d_batch_stats={"BatchNorm_0": {"mean": np.zeros(2)}}))
   ckpts.close()
+
+
+def test_chunks_end_where_the_loop_has_work():
+  """training.chunks: calls of at most `size` steps that end at every multiple of each interval
+  (so logs, grids and checkpoints fall after the same steps as in a loop of single steps), cover
+  start .. total - 1 once, in order; size 1 is one step per call."""
+  plan = training.chunks(3, 23, 5, 10, 0, 7)
+  assert plan == [(3, 4), (7, 3), (10, 4), (14, 5), (19, 1), (20, 1), (21, 2)]
+  for start, total, size, every in [(0, 100, 7, 9), (5, 6, 50, 3), (0, 1000, 50, 469)]:
+    plan = training.chunks(start, total, size, every)
+    steps = [first + i for first, count in plan for i in range(count)]
+    assert steps == list(range(start, total))
+    assert all(1 <= count <= size for _, count in plan)
+    ends = {first + count for first, count in plan}
+    assert {d for d in range(start + 1, total + 1) if d % every == 0} <= ends
+  assert training.chunks(4, 7, 1) == [(4, 1), (5, 1), (6, 1)]
+  assert training.chunks(7, 7, 5) == []

@@ -312,6 +312,40 @@ def test_two_devices_equal_one_device():
   chex.assert_trees_all_close(state, one, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_steps_fused_into_one_call_are_the_single_steps(n):
+  """parallel.pmap_steps: `count` of K stacked batches in one device loop give the state and the
+  last metrics of `count` single pmapped steps; the batches after the count are never read (NaN
+  there changes nothing); one compilation serves every count."""
+  devices = jax.local_devices()[:n]
+  _, state, step = _setup("bernoulli_stochastic", axis_name=parallel.AXIS)
+  batches, key = np.asarray(_batches(5)), jax.random.PRNGKey(7)
+  traces = []
+
+  def counted(state, batch, key):
+    traces.append(1)
+    return step(state, batch, key)
+
+  fused = parallel.pmap_steps(counted, devices, donate=False)
+  single = parallel.pmap_step(step, devices, donate=False)
+  replicated = parallel.replicate(state, devices)
+  expected = replicated
+  for i in range(5):
+    expected, expected_metrics = single(expected, parallel.shard(batches[i], n), key)
+    if i == 2:
+      after_three = (expected, expected_metrics)
+  stacked = np.full((4, *batches.shape[1:]), np.nan, np.float32)  # K = 4
+  stacked[:3] = batches[:3]
+  got = fused(replicated, parallel.shard(stacked, n, axis=1), key, 3)
+  traced = len(traces)
+  chex.assert_trees_all_close(got, after_three, rtol=1e-6, atol=1e-7)
+  assert int(parallel.unreplicate(got[0]).step) == 3
+  stacked[:2] = batches[3:]
+  got = fused(got[0], parallel.shard(stacked, n, axis=1), key, 2)
+  assert len(traces) == traced  # the second count reused the compilation
+  chex.assert_trees_all_close(got, (expected, expected_metrics), rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------- importance sampling
 
 def _linear_gaussian(encoder_scale=1.0, logvar_shift=0.0):
