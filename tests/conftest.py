@@ -1,6 +1,9 @@
 """Every test runs on two emulated CPU devices, with rank promotion an error."""
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 import jax
 import pytest
@@ -10,6 +13,15 @@ jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests compile many small programs; XLA's heavy optimisations would dominate their time.
 jax.config.update("jax_disable_most_optimizations", True)
+# One persistent compilation cache for the whole session, in a new temporary directory: tests
+# compile the same tiny programs again and again (each file's in-memory caches are dropped, see
+# below, and every test builds its own step functions); a cached program is the same program,
+# so results are unchanged. Program subprocesses share it through jaxgen's variable.
+_CACHE = tempfile.mkdtemp(prefix="jaxgen-test-xla-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+os.environ.setdefault("JAXGEN_COMPILATION_CACHE", _CACHE)
 # Convolution forms from the fixed table: no timing during tests, the same programs on every
 # machine (tests/test_conv_forms.py measures on purpose). Subprocesses inherit it.
 os.environ["JAXGEN_CONV_FORMS"] = "fixed"
