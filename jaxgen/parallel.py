@@ -147,23 +147,19 @@ def chunk_batches(make: Callable[[int], np.ndarray], chunks: Sequence, size: int
                   devices: Sequence, *, batch_axis: int = 0, depth: int = 2):
   """The stream of stacked batches for `pmap_steps`: for each (first, count) of `chunks`, host
   batches make(first) ... make(first + count - 1) stacked on a new axis of `size` (zeros after
-  the count-th), each split over the devices along its `batch_axis` (the device axis in front,
-  as `device_batches` does), prepared and copied in a background thread `depth` chunks ahead.
-  Close it when done."""
-  from jaxgen.data import Prefetch
+  the count-th), each split over the devices along its `batch_axis`, as `device_batches` streams
+  single batches (which it does for these). Close it when done."""
 
-  n = len(devices)
-
-  def make_chunk(j):
+  def stack(j):
     first, count = chunks[j]
     batch = make(first)
     stacked = np.zeros((size, *batch.shape), batch.dtype)
     stacked[0] = batch
     for i in range(1, count):
       stacked[i] = make(first + i)
-    return put_sharded(shard(stacked, n, axis=1 + batch_axis), devices)
+    return stacked
 
-  return Prefetch(make_chunk, 0, depth)
+  return device_batches(stack, devices, 0, batch_axis=1 + batch_axis, depth=depth)
 
 
 def device_batches(make: Callable[[int], np.ndarray], devices: Sequence, start: int, *,

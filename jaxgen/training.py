@@ -175,12 +175,11 @@ def step_calls(step, make, devices, start: int, total: int, size: int, *interval
         state, metrics = call(state, next(batches), key, count)
         done = first + count
   """
+  plan = chunks(start, total, size, *intervals)
   if size == 1:
     single = parallel.pmap_step(step, devices)
-    return ([(i, 1) for i in range(start, total)],
-            lambda state, batch, key, count: single(state, batch, key),
+    return (plan, lambda state, batch, key, count: single(state, batch, key),
             parallel.device_batches(make, devices, start, batch_axis=batch_axis))
-  plan = chunks(start, total, size, *intervals)
   return plan, parallel.pmap_steps(step, devices), parallel.chunk_batches(
       make, plan, size, devices, batch_axis=batch_axis)
 
