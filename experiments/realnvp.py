@@ -81,16 +81,16 @@ class Config(training.Settings):
     fields = realnvp.PRESETS[preset]
     return {**super().automatic(), "image_size": size, "preset": preset,
             **{k: fields[k] for k in ("num_scales", "width", "num_blocks")},
-            "st_norm": fields.get("st_norm", "batch"), "bn_stats": "precise"}
+            "st_norm": realnvp.from_preset(preset).st_norm, "bn_stats": "precise"}
 
 
 def network(config: Config, image_shape, axis_name=None):
   from jaxgen import realnvp
-  st_norm = config.st_norm or realnvp.PRESETS[config.preset].get("st_norm", "batch")
+  chosen = {"st_norm": config.st_norm} if config.st_norm else {}  # else the preset's
   return realnvp.from_preset(config.preset, image_shape=tuple(image_shape),
                              num_scales=config.num_scales, width=config.width,
-                             num_blocks=config.num_blocks, st_norm=st_norm,
-                             axis_name=axis_name, dtype=PRECISIONS[config.precision])
+                             num_blocks=config.num_blocks, axis_name=axis_name,
+                             dtype=PRECISIONS[config.precision], **chosen)
 
 
 def sampler(config: Config, image_shape):
