@@ -414,11 +414,13 @@ def main(argv):
   del argv
   # Before JAX starts its CPU backend, which reads XLA_FLAGS. No compilation cache here: it would
   # hide the compile time this program reports.
+  kept = False  # host memory kept for reuse (jaxgen.host_memory)
   if FLAGS.convs == "plain":
     drop_jaxgen_xla_flag()
-  else:
-    from jaxgen import layers
+  else:  # what the programs set (training.configure_jax)
+    from jaxgen import host_memory, layers
     layers.configure_cpu()
+    kept = host_memory.keep_freed_memory()
   if FLAGS.suite:
     return main_suite()
   import jax
@@ -457,7 +459,7 @@ def main(argv):
   print(json.dumps({"case": case, "batch": FLAGS.batch, "steps": FLAGS.steps, **extra,
                     **{k: round(v, 5) if isinstance(v, float) else v for k, v in result.items()},
                     "backend": jax.default_backend(), "devices": jax.device_count(),
-                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "memory_kept": kept,
                     "jax": jax.__version__}), flush=True)
 
 

@@ -60,25 +60,36 @@ def check(models, updates: int, num_samples: int) -> None:
                      f"and {num_samples}")
 
 
+def _fields(model: str) -> set:
+  import dataclasses
+  return {f.name for f in dataclasses.fields(importlib.import_module(f"experiments.{model}").Config)}
+
+
 def model_config(model: str, dataset: str, updates: int, seed: int, workdir: str, **overrides):
-  """The program's Config of one compared run: the study's latent size, `updates` steps."""
+  """The program's Config of one compared run: the study's latent size, `updates` steps, and
+  those of `overrides` that the program has (a VAE-only setting leaves the GANs alone)."""
   program = importlib.import_module(f"experiments.{model}")
   latent = LATENTS[dataset].get(model, DEFAULT_LATENT[dataset])
   every = max(1, updates // 10)
   settings = dict(dataset=dataset, steps=updates, seed=seed, workdir=workdir, latent_dim=latent,
                   log_every=every, sample_every=updates, checkpoint_every=every)
-  return program, program.Config(**{**settings, **overrides})
+  mine = {k: v for k, v in overrides.items() if k in _fields(model)}
+  return program, program.Config(**{**settings, **mine})
 
 
 def run(models, dataset: str, updates: int, num_samples: int, seed: int, root: str,
         **overrides) -> dict:
   """Trains (or resumes) each model to `updates`, scores it, writes report.md and samples.png;
-  returns {"real": summary, model: summary, ...} of the blob metrics."""
+  returns {"real": summary, model: summary, ...} of the blob metrics. `overrides` are settings
+  of the programs' Configs, each given to the models that have it."""
   import numpy as np
   from experiments import evaluate, sample
   from jaxgen import checkpoint, report, training
 
   check(models, updates, num_samples)
+  unknown = sorted(set(overrides) - set().union(*(_fields(m) for m in models)))
+  if unknown:
+    raise ValueError(f"no compared model has the setting {unknown[0]!r}")
   folder = os.path.join(root, dataset)
   for model in models:  # before anything trains
     done = checkpoint.latest_step(os.path.join(folder, model, "checkpoints"))

@@ -120,12 +120,16 @@ def _host() -> str:
 
 
 def machine() -> str:
-  """What a measured choice is valid for: backend, device, CPU, cores, jax, XLA:CPU flag."""
+  """What a measured choice is valid for: backend, device, CPU, cores, jax, XLA:CPU flag, and
+  whether host memory is kept for reuse (`jaxgen.host_memory`: it changes what large
+  intermediates cost)."""
   global _machine
   if _machine is None:
+    from jaxgen import host_memory
     device = jax.devices()[0]
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "ynn" in f)
-    _machine = f"{device.platform}/{device.device_kind}/{_host()}/{flags or 'no ynn flag'}"
+    kept = "/host memory kept" if host_memory.kept() else ""
+    _machine = f"{device.platform}/{device.device_kind}/{_host()}/{flags or 'no ynn flag'}{kept}"
   return _machine
 
 
@@ -281,7 +285,9 @@ def _time(candidates: Dict[str, Callable], operands: Sequence) -> Dict[str, floa
 
 
 def _flag_machine(flag: str) -> str:
-  return f"cpu/{_host()}/choice of {flag}"
+  # The probe keeps host memory as the programs do (`jaxgen.host_memory`); choices from probes
+  # before that have another key and are measured again.
+  return f"cpu/{_host()}/host memory kept/choice of {flag}"
 
 
 def accelerator_expected() -> bool:
@@ -370,5 +376,7 @@ def probe_step_seconds(image_size: int = 32, batch: int = 64, width: int = 64,
 
 
 if __name__ == "__main__":
+  from jaxgen import host_memory
+  host_memory.keep_freed_memory()  # as the programs run
   sizes = [int(a) for a in sys.argv[1:]]
   print(probe_step_seconds(*sizes))

@@ -11,6 +11,7 @@ Every log D is `jax.nn.log_sigmoid` of the logit and every log(1 - D) is log_sig
 finite values and gradients at any logit, where the log of a sigmoid is -inf once it rounds to 0.
 """
 
+import functools
 from typing import Any, Sequence, Union
 
 import flax.linen as nn
@@ -41,10 +42,12 @@ def init_state(key: jax.Array, *, generator: nn.Module, discriminator: nn.Module
 
   image_shape: one image's (H, W, C); every jaxgen network takes and makes NHWC images (the MLP
   ones flatten inside). The discriminator is initialised through its default (inference) call.
+  Each initialisation is one compiled program, not hundreds of operations dispatched one by one.
   """
   k_g, k_d = jax.random.split(key)
-  g_vars = generator.init(k_g, jnp.zeros((1, generator.latent_dim)), train=False)
-  d_vars = discriminator.init(k_d, jnp.zeros((1, *image_shape)))
+  g_vars = jax.jit(functools.partial(generator.init, train=False))(
+      k_g, jnp.zeros((1, generator.latent_dim)))
+  d_vars = jax.jit(discriminator.init)(k_d, jnp.zeros((1, *image_shape)))
   return GANState(
       step=jnp.zeros((), jnp.int32),
       g_params=g_vars["params"], g_batch_stats=g_vars.get("batch_stats", {}),

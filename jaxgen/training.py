@@ -236,13 +236,15 @@ def first_examples(source, n: int):
 
 def configure_jax(cache_dir: str = None, debug_nans: bool = False) -> None:
   """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
-  the XLA:CPU convolution setting jaxgen's layers are tuned for, the persistent compilation
-  cache (`cache_dir`, default $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables),
-  and JAX's NaN checking when asked for."""
+  the XLA:CPU convolution setting jaxgen's layers are tuned for, host memory kept for reuse
+  (`jaxgen.host_memory`), the persistent compilation cache (`cache_dir`, default
+  $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables), and JAX's NaN checking when
+  asked for."""
   import jax
-  from jaxgen import layers
+  from jaxgen import host_memory, layers
 
   layers.configure_cpu()
+  host_memory.keep_freed_memory()
   jax.config.update("jax_debug_nans", debug_nans)
   if cache_dir is None:
     cache_dir = os.environ.get("JAXGEN_COMPILATION_CACHE", DEFAULT_CACHE)

@@ -10,7 +10,10 @@ from PIL import Image
 
 from experiments import compare
 
-TINY = dict(image_size=16, batch_size=4)
+# eval_examples: the VAE's own end-of-run likelihood rows on 8 examples, not 10,000 (a GAN has
+# no such setting and is left alone).
+GAN_TINY = dict(image_size=16, batch_size=4)
+TINY = dict(GAN_TINY, eval_examples=8)
 
 
 def same(a: dict, b: dict) -> bool:
@@ -42,11 +45,14 @@ def test_two_models_at_equal_updates_and_a_report_of_their_own_scores(tmp_path):
 
   # Run again: the runs are loaded (at 3 updates already), not trained again.
   mtime = os.path.getmtime(os.path.join(folder, "wgan_gp", "checkpoints", "3"))
-  again = compare.run(["wgan_gp"], "blobs1", updates=3, num_samples=40, seed=1, root=root, **TINY)
+  again = compare.run(["wgan_gp"], "blobs1", updates=3, num_samples=40, seed=1, root=root,
+                      **GAN_TINY)
   assert same(again["wgan_gp"], summaries["wgan_gp"])
   assert os.path.getmtime(os.path.join(folder, "wgan_gp", "checkpoints", "3")) == mtime
   with pytest.raises(ValueError, match="trained to 3 updates, beyond --updates=2"):
-    compare.run(["wgan_gp"], "blobs1", updates=2, num_samples=40, seed=1, root=root, **TINY)
+    compare.run(["wgan_gp"], "blobs1", updates=2, num_samples=40, seed=1, root=root, **GAN_TINY)
+  with pytest.raises(ValueError, match="no compared model has the setting 'eval_examples'"):
+    compare.run(["wgan_gp"], "blobs1", updates=3, num_samples=40, seed=1, root=root, **TINY)
 
 
 @pytest.mark.parametrize("models,updates,message", [

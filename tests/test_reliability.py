@@ -32,7 +32,7 @@ FLAGS = {
     "wgan": ["--latent_dim=3", "--width=4", "--n_critic=2"],
     "wgan_gp": ["--latent_dim=3", "--width=4", "--n_critic=2"],
     "vae": ["--latent_dim=3", "--hidden_dims=4,8", "--eval_examples=8"],
-    "realnvp": ["--width=4", "--num_blocks=1", "--eval_examples=8"],
+    "realnvp": ["--width=4", "--num_blocks=1", "--num_scales=1", "--eval_examples=8"],
 }
 
 
@@ -132,9 +132,9 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bits(tmp_path, monke
   extra = ["--steps=12", "--checkpoint_every=1", "--seed=3"]  # a save every step: kills hit saves
   if dataset == "mnist":
     extra += mnist_like(tmp_path, monkeypatch)
-  straight = tmp_path / "straight"
-  result = run_to_end(program, straight, env, *extra)
-  assert result.returncode == 0, result.stderr[-2000:]
+  straight = tmp_path / "straight"  # beside the killed runs (two cores): the same bits either way
+  straight_run = subprocess.Popen(command(program, straight, *extra), cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
   killed = tmp_path / "killed"
   rng = random.Random(f"{program}-{dataset}")
@@ -152,6 +152,8 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bits(tmp_path, monke
   assert kills >= 1
   result = run_to_end(program, killed, env, *extra)
   assert result.returncode == 0, result.stderr[-2000:]
+  _, errors = straight_run.communicate(timeout=300)
+  assert straight_run.returncode == 0, errors[-2000:]
 
   tree, meta, step = final_tree(killed)
   expected, expected_meta, expected_step = final_tree(straight)

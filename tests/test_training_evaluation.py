@@ -19,7 +19,7 @@ TINY = {
     dcgan: dict(latent_dim=3, width=4, steps=4, sample_every=2, checkpoint_every=2),
     vae: dict(latent_dim=3, hidden_dims="4,8", steps=4, sample_every=2, checkpoint_every=2,
               eval_examples=10),
-    realnvp: dict(width=4, num_blocks=1, steps=4, sample_every=2, checkpoint_every=2,
+    realnvp: dict(width=4, num_blocks=1, num_scales=1, steps=4, sample_every=2, checkpoint_every=2,
                   eval_examples=6),
 }
 
