@@ -1,4 +1,7 @@
-"""Every test runs on two emulated CPU devices, with rank promotion an error."""
+"""Every test runs on two emulated CPU devices, with rank promotion an error.
+
+pytest runs two worker processes (pyproject.toml: pytest-xdist, one test file per worker at a
+time); everything below is per process, and the TFDS default directory is per worker."""
 import atexit
 import gc
 import os
@@ -13,7 +16,7 @@ jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 # Tests compile many small programs; XLA's heavy optimisations would dominate their time.
 jax.config.update("jax_disable_most_optimizations", True)
-# One persistent compilation cache for the whole session, in a new temporary directory: tests
+# One persistent compilation cache for the whole process, in a new temporary directory: tests
 # compile the same tiny programs again and again (each file's in-memory caches are dropped, see
 # below, and every test builds its own step functions); a cached program is the same program,
 # so results are unchanged. Program subprocesses share it through jaxgen's variable.
@@ -29,7 +32,8 @@ os.environ["JAXGEN_CONV_FORMS"] = "fixed"
 from jaxgen import layers  # noqa: E402
 
 layers.configure_cpu()
-os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxgen-tfds-test"))
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxgen-tfds-test"
+                                                  + os.environ.get("PYTEST_XDIST_WORKER", "")))
 
 
 @pytest.fixture(autouse=True, scope="module")
