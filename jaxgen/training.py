@@ -64,6 +64,9 @@ class Settings:
   AUTOMATIC = ("image_size", "batch_size", "num_devices")
   # The value an automatic setting added later had in runs saved before it existed.
   BEFORE = {}
+  # Whether the program keeps host memory for reuse (`jaxgen.host_memory`): measured faster for
+  # the GANs' and VAEs' steps, slower for RealNVP's (README: Performance), which sets False.
+  KEEP_HOST_MEMORY = True
 
   def __post_init__(self):
     for name in self.POSITIVE:
@@ -234,17 +237,19 @@ def first_examples(source, n: int):
   return np.concatenate(batches)[:n]
 
 
-def configure_jax(cache_dir: str = None, debug_nans: bool = False) -> None:
+def configure_jax(cache_dir: str = None, debug_nans: bool = False,
+                  keep_host_memory: bool = True) -> None:
   """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
   the XLA:CPU convolution setting jaxgen's layers are tuned for, host memory kept for reuse
-  (`jaxgen.host_memory`), the persistent compilation cache (`cache_dir`, default
+  (`jaxgen.host_memory`, unless `keep_host_memory` is False), the persistent compilation cache (`cache_dir`, default
   $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables), and JAX's NaN checking when
   asked for."""
   import jax
   from jaxgen import host_memory, layers
 
   layers.configure_cpu()
-  host_memory.keep_freed_memory()
+  if keep_host_memory:
+    host_memory.keep_freed_memory()
   jax.config.update("jax_debug_nans", debug_nans)
   if cache_dir is None:
     cache_dir = os.environ.get("JAXGEN_COMPILATION_CACHE", DEFAULT_CACHE)
@@ -383,7 +388,8 @@ def run_program(config_cls, model: str, train) -> None:
     except ValueError as e:
       sys.exit(f"error: {e}")
     try:
-      configure_jax(debug_nans=config.debug_nans)  # before `setup` starts JAX's backend
+      # before `setup` starts JAX's backend
+      configure_jax(debug_nans=config.debug_nans, keep_host_memory=config.KEEP_HOST_MEMORY)
       config, devices, source = setup(config, model)
     except (ValueError, FileNotFoundError) as e:
       sys.exit(f"error: {e}")
