@@ -61,8 +61,10 @@ def check(models, updates: int, num_samples: int) -> None:
 
 
 def _fields(model: str) -> set:
+  """The setting names of `model`'s program."""
   import dataclasses
-  return {f.name for f in dataclasses.fields(importlib.import_module(f"experiments.{model}").Config)}
+  config = importlib.import_module(f"experiments.{model}").Config
+  return {f.name for f in dataclasses.fields(config)}
 
 
 def model_config(model: str, dataset: str, updates: int, seed: int, workdir: str, **overrides):

@@ -241,9 +241,9 @@ def configure_jax(cache_dir: str = None, debug_nans: bool = False,
                   keep_host_memory: bool = True) -> None:
   """Process-wide JAX settings every program makes first in `main`, before JAX starts a backend:
   the XLA:CPU convolution setting jaxgen's layers are tuned for, host memory kept for reuse
-  (`jaxgen.host_memory`, unless `keep_host_memory` is False), the persistent compilation cache (`cache_dir`, default
-  $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables), and JAX's NaN checking when
-  asked for."""
+  (`jaxgen.host_memory`, unless `keep_host_memory` is False), the persistent compilation cache
+  (`cache_dir`, default $JAXGEN_COMPILATION_CACHE or ~/.cache/jaxgen/xla; "" disables), and JAX's
+  NaN checking when asked for."""
   import jax
   from jaxgen import host_memory, layers
 

@@ -32,8 +32,8 @@ os.environ["JAXGEN_CONV_FORMS"] = "fixed"
 from jaxgen import layers  # noqa: E402
 
 layers.configure_cpu()
-os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "jaxgen-tfds-test"
-                                                  + os.environ.get("PYTEST_XDIST_WORKER", "")))
+os.environ.setdefault("TFDS_DATA_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), "jaxgen-tfds-test" + os.environ.get("PYTEST_XDIST_WORKER", "")))
 
 
 @pytest.fixture(autouse=True, scope="module")
