@@ -133,8 +133,7 @@ def test_killed_at_random_moments_a_run_resumes_to_the_same_bits(tmp_path, monke
   if dataset == "mnist":
     extra += mnist_like(tmp_path, monkeypatch)
   straight = tmp_path / "straight"  # beside the killed runs (two cores): the same bits either way
-  straight_run = subprocess.Popen(command(program, straight, *extra), cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  straight_run = start(program, straight, env, *extra)
 
   killed = tmp_path / "killed"
   rng = random.Random(f"{program}-{dataset}")
